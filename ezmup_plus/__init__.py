@@ -1,0 +1,21 @@
+"""ezmup_plus: tune hyperparameters on a small model, use them unchanged on a wide and deep one.
+
+Maximal Update Parametrization (muP) in its spectral form, from a model factory you already have.
+"""
+
+from .build import MupFactory, plan_of, wrap
+from .optim import get_mup_optimizer, register_optimizer
+from .plan import MupPlan, TensorPlan
+from .rules import PARAMETRIZATIONS, ROLES
+
+__all__ = [
+    "MupFactory",
+    "MupPlan",
+    "PARAMETRIZATIONS",
+    "ROLES",
+    "TensorPlan",
+    "get_mup_optimizer",
+    "plan_of",
+    "register_optimizer",
+    "wrap",
+]

@@ -1,0 +1,177 @@
+"""Build a model at a target width from a factory and a plan: init rescaled, multipliers installed.
+
+The model stays a plain ``nn.Module``; the plan rides along as an attribute (so it survives
+``deepcopy``, pickling and wrappers) and forward multipliers are picklable forward hooks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from . import rules
+from .plan import MupPlan, make_plan
+from .roles import Role, classify
+from .trace import DEFAULT_SENTINELS, ShapeTable, probe
+
+PLAN_ATTR = "_ezmup_plan"
+
+
+class OutputScale:
+    """Forward hook multiplying a module's output by a constant (a muP forward multiplier)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"a muP output multiplier needs a tensor output, got {type(output).__name__}")
+        return output * self.scale
+
+    def __repr__(self) -> str:
+        return f"OutputScale({self.scale:g})"
+
+
+def init_stds(model: nn.Module) -> dict[str, float | None]:
+    """Each tensor's std as the factory initialised it; None for constants (zeros, ones, ...)."""
+    stds = {}
+    for name, p in model.named_parameters():
+        x = p.detach().float()
+        constant = x.numel() < 2 or bool((x == x.flatten()[0]).all())
+        stds[name] = None if constant else float(x.std())
+    return stds
+
+
+def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
+    """Rescale init to the plan's stds, install forward multipliers, attach the plan. In place."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(plan.tensors) - set(params))
+    extra = sorted(set(params) - set(plan.tensors))
+    if missing or extra:
+        raise ValueError(
+            f"the model does not match its plan: in the plan only {missing[:5]}, in the model only {extra[:5]}"
+        )
+    with torch.no_grad():
+        for t in plan:
+            p = params[t.name]
+            if tuple(p.shape) != t.shape:
+                raise ValueError(f"{t.name}: built with shape {tuple(p.shape)} but the plan expects {t.shape}")
+            if t.init_std is None or t.init_factor == 1.0:
+                continue
+            current = float(p.detach().float().std())
+            if current == 0.0:
+                raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
+            p.mul_(t.init_std / current)
+    modules = dict(model.named_modules())
+    for module_name, scale in plan.multipliers.items():
+        modules[module_name].register_forward_hook(OutputScale(scale))
+    setattr(model, PLAN_ATTR, plan)
+    return model
+
+
+def plan_of(model: nn.Module) -> MupPlan:
+    """The plan a model carries (looks through DDP's ``.module`` and ``torch.compile``'s ``._orig_mod``)."""
+    plan = find_plan(model)
+    if plan is None:
+        raise LookupError(
+            f"this {type(model).__name__} carries no muP plan: build it with ezmup_plus.wrap(factory, ...)(width=...) "
+            "or pass width=... to get_mup_optimizer for a model built at the sentinel width"
+        )
+    return plan
+
+
+def find_plan(model: nn.Module) -> MupPlan | None:
+    while True:
+        plan = model.__dict__.get(PLAN_ATTR)
+        if plan is not None:
+            return plan
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+
+
+class MupFactory:
+    """A model factory that builds muP models at any width: ``wrap(make_model, base_width=256)(width=2048)``."""
+
+    def __init__(
+        self,
+        factory: Callable[..., nn.Module],
+        *,
+        base_width: int,
+        sentinel: int = DEFAULT_SENTINELS[0],
+        sentinels: tuple[int, ...] | None = None,
+        width_arg: str = "width",
+        width_multiple: int = 1,
+        parametrization: str = "mup",
+        roles: Mapping[str, str] | None = None,
+        **fixed_kwargs: Any,
+    ):
+        rules.check_parametrization(parametrization)
+        if base_width % width_multiple:
+            raise ValueError(f"base_width={base_width} is not a multiple of width_multiple={width_multiple}")
+        self.factory = factory
+        self.base_width = base_width
+        self.sentinels = tuple(sentinels) if sentinels else _sentinels_from(sentinel)
+        self.width_arg = width_arg
+        self.width_multiple = width_multiple
+        self.parametrization = parametrization
+        self.role_overrides = dict(roles or {})
+        self.fixed_kwargs = fixed_kwargs
+        if width_arg in fixed_kwargs:
+            raise ValueError(f"'{width_arg}' is the width argument; do not also pass it as a fixed keyword")
+        self._table: ShapeTable | None = None
+        self._base_stds: dict[str, float | None] | None = None
+
+    @property
+    def table(self) -> ShapeTable:
+        """The symbolic shapes, probed once on meta."""
+        if self._table is None:
+            self._table = probe(self.factory, width_arg=self.width_arg, sentinels=self.sentinels,
+                                width_multiple=self.width_multiple, fixed_kwargs=self.fixed_kwargs)
+        return self._table
+
+    @property
+    def roles(self) -> dict[str, Role]:
+        return classify(self.table, self.role_overrides)
+
+    @property
+    def base_stds(self) -> dict[str, float | None]:
+        """The factory's own init at base width, measured on a throwaway CPU build that leaves the RNG as it was."""
+        if self._base_stds is None:
+            with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+                base = self.factory(**self.fixed_kwargs, **{self.width_arg: self.base_width})
+            self._base_stds = init_stds(base)
+        return self._base_stds
+
+    def plan(self, width: int, family: str = "adam") -> MupPlan:
+        """The per-tensor plan at ``width``; nothing is built."""
+        return _plan(self, width, family)
+
+    def __call__(self, width: int, **kwargs: Any) -> nn.Module:
+        plan = self.plan(width)
+        model = self.factory(**self.fixed_kwargs, **kwargs, **{self.width_arg: width})
+        return apply_plan(model, plan)
+
+    def __repr__(self) -> str:
+        name = getattr(self.factory, "__qualname__", repr(self.factory))
+        return f"MupFactory({name}, base_width={self.base_width}, parametrization={self.parametrization!r})"
+
+
+@lru_cache(maxsize=64)
+def _plan(f: MupFactory, width: int, family: str) -> MupPlan:
+    return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width,
+                     parametrization=f.parametrization, family=family)
+
+
+def _sentinels_from(sentinel: int) -> tuple[int, ...]:
+    """The user's sentinel first, then the next default primes that differ from it."""
+    return (sentinel, *[p for p in (*DEFAULT_SENTINELS, 61, 67) if p != sentinel][:2])
+
+
+def wrap(factory: Callable[..., nn.Module], *, base_width: int, **options: Any) -> MupFactory:
+    """Turn ``factory(width=..., **kwargs) -> nn.Module`` into a muP factory tuned at ``base_width``."""
+    return MupFactory(factory, base_width=base_width, **options)

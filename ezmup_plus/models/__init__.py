@@ -1,0 +1,1 @@
+"""Reference models written in plain PyTorch, with a ``width`` (and ``depth``) argument."""

@@ -1,0 +1,202 @@
+"""Per-tensor numbers for one target (width, depth): the :class:`MupPlan`.
+
+A plan is plain data: printable as a table, round-trips through YAML, and is what the builder
+and the optimizer read. It is computed from the shape table, the roles, the rules and the
+factory's own init stds at base; it never touches a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Mapping
+
+import sympy
+import yaml
+
+from . import rules
+from .roles import Role
+from .shapes import WIDTH, evaluate
+from .trace import ShapeTable
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What happens to one tensor. Multipliers are relative to the base model (1 at base)."""
+
+    name: str
+    shape_expr: tuple[sympy.Expr, ...]
+    shape: tuple[int, ...]
+    role: str
+    fan_in: sympy.Expr
+    fan_out: sympy.Expr
+    init_std: float | None  # target std; None: keep the factory's values (constants such as zeros)
+    init_factor: float  # target std / base std
+    lr_mult: float
+    wd_mult: float
+    eps_mult: float
+    multiplier: float = 1.0  # forward multiplier on this tensor's product (1.0 where folded)
+    scale: rules.TensorScale = field(default=rules.TensorScale("finite"), repr=False)
+    fold: float = 1.0  # forward multiplier folded into init and LR
+    source: str = "convention"
+
+
+@dataclass(frozen=True)
+class MupPlan:
+    """The plan for one target width (and depth), under one parametrization and optimizer family."""
+
+    width: int
+    base_width: int
+    parametrization: str
+    family: str
+    tensors: dict[str, TensorPlan]
+    multipliers: dict[str, float] = field(default_factory=dict)  # module name -> output multiplier
+    depth: int | None = None
+    base_depth: int | None = None
+    depth_alpha: float | None = None
+
+    def __getitem__(self, name: str) -> TensorPlan:
+        return self.tensors[name]
+
+    def __iter__(self):
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def for_family(self, family: str) -> MupPlan:
+        """The same plan with LR/WD/eps for another optimizer family (init and multipliers do not change)."""
+        if family == self.family:
+            return self
+        tensors = {}
+        for name, t in self.tensors.items():
+            s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha), t.fold)
+            tensors[name] = replace(t, lr_mult=s.lr, wd_mult=s.wd, eps_mult=s.eps)
+        return replace(self, family=family, tensors=tensors)
+
+    def __str__(self) -> str:
+        head = (f"MupPlan: {self.parametrization}, family {self.family}, width {self.width} "
+                f"(base {self.base_width})")
+        if self.depth is not None:
+            head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
+        columns = ("name", "shape", "role", "init_std", "lr", "wd", "eps", "mult")
+        rows = [columns]
+        for t in self:
+            rows.append((
+                t.name,
+                "(" + ", ".join(str(d) for d in t.shape_expr) + ")",
+                t.role + ("*" if t.source == "override" else ""),
+                "keep" if t.init_std is None else f"{t.init_std:.4g}",
+                f"{t.lr_mult:.4g}",
+                f"{t.wd_mult:.4g}",
+                f"{t.eps_mult:.4g}",
+                f"{t.multiplier:.4g}",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+        lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain types only (sympy shapes as strings), for YAML/JSON."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
+        out["multipliers"] = dict(self.multipliers)
+        out["tensors"] = [_tensor_to_dict(t) for t in self]
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> MupPlan:
+        data = dict(data)
+        tensors = {t["name"]: _tensor_from_dict(t) for t in data.pop("tensors")}
+        return cls(tensors=tensors, **data)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> MupPlan:
+        return cls.from_dict(yaml.safe_load(text))
+
+
+def _tensor_to_dict(t: TensorPlan) -> dict:
+    d = {f.name: getattr(t, f.name) for f in fields(t)}
+    d["shape_expr"] = [str(e) for e in t.shape_expr]
+    d["shape"] = list(t.shape)
+    d["fan_in"], d["fan_out"] = str(t.fan_in), str(t.fan_out)
+    d["scale"] = asdict(t.scale)
+    return d
+
+
+def _tensor_from_dict(d: Mapping) -> TensorPlan:
+    d = dict(d)
+    sym = {"w": WIDTH}
+    d["shape_expr"] = tuple(sympy.sympify(e, locals=sym) for e in d["shape_expr"])
+    d["shape"] = tuple(d["shape"])
+    d["fan_in"] = sympy.sympify(d["fan_in"], locals=sym)
+    d["fan_out"] = sympy.sympify(d["fan_out"], locals=sym)
+    d["scale"] = rules.TensorScale(**d["scale"])
+    return TensorPlan(**d)
+
+
+def make_plan(
+    table: ShapeTable,
+    roles: Mapping[str, Role],
+    base_stds: Mapping[str, float | None],
+    *,
+    width: int,
+    base_width: int,
+    parametrization: str = "mup",
+    family: str = "adam",
+) -> MupPlan:
+    """Combine shapes, roles, rules and the factory's base init into per-tensor numbers."""
+    rules.check_parametrization(parametrization)
+    tensors: dict[str, TensorPlan] = {}
+    multipliers: dict[str, float] = {}
+    for name, p in table.params.items():
+        role = roles[name]
+        shape = tuple(evaluate(d, width, what=name) for d in p.dims)
+        fan_in, fan_out = role.fan_in(p.dims), role.fan_out(p.dims)
+        fan_in_now, fan_out_now = _size(fan_in, width, name), _size(fan_out, width, name)
+        scale = rules.TensorScale(
+            role=role.role,
+            m_in=fan_in_now / _size(fan_in, base_width, name),
+            m_out=fan_out_now / _size(fan_out, base_width, name),
+            fan_in=fan_in_now,
+            fan_out=fan_out_now,
+        )
+        s = rules.scaling(parametrization, family, scale)
+        multiplier = 1.0
+        if role.tied_readout and parametrization != "sp" and role.role == "input":
+            # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
+            multiplier = 1.0 / scale.m_out
+            multipliers[role.tied_readout] = multiplier
+        init_std, init_factor = _target_std(base_stds.get(name), s)
+        tensors[name] = TensorPlan(
+            name=name,
+            shape_expr=p.dims,
+            shape=shape,
+            role=role.role,
+            fan_in=fan_in,
+            fan_out=fan_out,
+            init_std=init_std,
+            init_factor=init_factor,
+            lr_mult=s.lr,
+            wd_mult=s.wd,
+            eps_mult=s.eps,
+            multiplier=multiplier,
+            scale=scale,
+            source=role.source,
+        )
+    return MupPlan(width, base_width, parametrization, family, tensors, {k: v for k, v in multipliers.items() if v != 1.0})
+
+
+def _target_std(base_std: float | None, s: rules.Scaling) -> tuple[float | None, float]:
+    """Init is relative to the factory's own base init; constants (zeros, ones) are kept as built."""
+    if base_std is None:
+        return None, 1.0
+    if s.init_std is not None:
+        return s.init_std, s.init_std / base_std
+    return base_std * s.init, s.init
+
+
+def _size(expr: sympy.Expr, width: int, name: str) -> int:
+    return evaluate(expr, width, what=name)

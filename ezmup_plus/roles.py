@@ -1,0 +1,110 @@
+"""Turn symbolic shapes (and, where known, traced use) into a muP role per tensor.
+
+Roles (Tensor Programs V): ``input`` (finite fan-in, scaled fan-out: embeddings, first layer),
+``hidden`` (both scale), ``output`` (scaled fan-in, finite fan-out: the readout), ``vector``
+(one scaled dim: biases, norm gains), ``finite`` (nothing scales).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass
+from typing import Mapping
+
+import sympy
+
+from .rules import ROLES
+from .shapes import scales
+from .trace import ParamShape, ShapeTable
+
+EMBEDDING_TYPES = {"Embedding", "EmbeddingBag"}
+LINEAR_TYPES = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Bilinear"}
+CONV_TYPES = {"Conv1d", "Conv2d", "Conv3d"}
+CONV_TRANSPOSE_TYPES = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+
+
+@dataclass(frozen=True)
+class Role:
+    """How one tensor scales: its role, which dims are fan-in, and how it is used."""
+
+    role: str
+    fan_in_dims: tuple[int, ...]
+    tied_readout: str | None = None  # module whose output is the logits of a tied embedding
+    source: str = "convention"  # "convention", "trace" or "override"
+
+    def fan_in(self, dims: tuple[sympy.Expr, ...]) -> sympy.Expr:
+        return sympy.Mul(*(dims[i] for i in self.fan_in_dims))
+
+    def fan_out(self, dims: tuple[sympy.Expr, ...]) -> sympy.Expr:
+        return sympy.Mul(*(d for i, d in enumerate(dims) if i not in self.fan_in_dims))
+
+
+def convention_fan_in(p: ParamShape) -> tuple[tuple[int, ...], bool]:
+    """Fan-in dims from PyTorch's layout conventions; the flag says whether it was a guess."""
+    ndim = len(p.dims)
+    if ndim < 2:
+        return (), False
+    if p.module_type in EMBEDDING_TYPES:
+        return (0,), False  # a lookup: the vocabulary is the fan-in
+    if p.module_type in CONV_TRANSPOSE_TYPES:
+        return (0, *range(2, ndim)), False
+    if p.module_type in LINEAR_TYPES | CONV_TYPES:
+        return tuple(range(1, ndim)), False
+    return tuple(range(1, ndim)), True
+
+
+def role_from_shape(dims: tuple[sympy.Expr, ...], fan_in_dims: tuple[int, ...]) -> str:
+    """The TP5 role from which of fan-in and fan-out grow with the width."""
+    if len(dims) < 2:
+        return "vector" if any(scales(d) for d in dims) else "finite"
+    fan_in_scales = any(scales(dims[i]) for i in fan_in_dims)
+    fan_out_scales = any(scales(d) for i, d in enumerate(dims) if i not in fan_in_dims)
+    return {
+        (False, True): "input",
+        (True, True): "hidden",
+        (True, False): "output",
+        (False, False): "finite",
+    }[(fan_in_scales, fan_out_scales)]
+
+
+def classify(table: ShapeTable, overrides: Mapping[str, str] | None = None) -> dict[str, Role]:
+    """A role per tensor: traced-free convention, tied embeddings, then the user's overrides."""
+    roles = {}
+    for name, p in table.params.items():
+        fan_in_dims, guessed = convention_fan_in(p)
+        if guessed and p.scaled_dims:
+            warnings.warn(
+                f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module; assuming PyTorch's "
+                f"(out, in, ...) layout with fan-in dims {fan_in_dims}. Pass roles={{'{name}': ...}} to wrap if wrong",
+                stacklevel=3,
+            )
+        roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, _tied_readout(p, table))
+    return apply_overrides(roles, table, overrides or {})
+
+
+def _tied_readout(p: ParamShape, table: ShapeTable) -> str | None:
+    """An embedding table that a Linear also uses as its weight: that Linear produces the logits."""
+    if p.module_type not in EMBEDDING_TYPES:
+        return None
+    for alias in p.aliases:
+        module, _, _ = alias.rpartition(".")
+        if table.modules.get(module) in LINEAR_TYPES:
+            return module
+    return None
+
+
+def apply_overrides(roles: dict[str, Role], table: ShapeTable, overrides: Mapping[str, str]) -> dict[str, Role]:
+    """Replace roles by name or glob; a glob that matches nothing or an unknown role is an error."""
+    result = dict(roles)
+    for pattern, role in overrides.items():
+        if role not in ROLES:
+            raise ValueError(f"roles[{pattern!r}] = {role!r} is not a role; choose one of {ROLES}")
+        matched = [n for n in roles if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise ValueError(
+                f"roles[{pattern!r}] matches no parameter; names look like {list(roles)[:4]} (globs allowed)"
+            )
+        for name in matched:
+            result[name] = Role(role, roles[name].fan_in_dims, roles[name].tied_readout, "override")
+    return result

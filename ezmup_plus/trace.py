@@ -1,0 +1,156 @@
+"""Probe a model factory at sentinel prime widths on the meta device and fit every dim in ``w``.
+
+The boundary type is :class:`ShapeTable`: names, symbolic shapes and the module each tensor
+belongs to. Nothing here knows about optimizers or parametrizations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sympy
+import torch
+from torch import nn
+
+from .shapes import ShapeFitError, fit_dim, scales
+
+DEFAULT_SENTINELS = (47, 53, 59)
+
+
+@dataclass(frozen=True)
+class ParamShape:
+    """One parameter as the probes saw it."""
+
+    name: str
+    dims: tuple[sympy.Expr, ...]
+    module: str  # qualified name of the owning module ("" for the root)
+    module_type: str  # class name of the owning module, e.g. "Linear", "Conv1D"
+    attr: str  # attribute name inside the owning module, e.g. "weight"
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights)
+
+    @property
+    def scaled_dims(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.dims) if scales(d))
+
+
+@dataclass(frozen=True)
+class ShapeTable:
+    """Everything the probes learned, keyed by parameter name (in ``named_parameters`` order)."""
+
+    params: dict[str, ParamShape]
+    widths: tuple[int, ...]
+    modules: dict[str, str] = field(default_factory=dict)  # module name -> class name
+    collisions: tuple[str, ...] = ()  # human-readable notes on finite dims equal to sentinel multiples
+
+
+def build_on_meta(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    """Call the factory with every tensor on ``meta``: no memory, no RNG draws."""
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def parameter_layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], str, str, str, tuple[str, ...]]]:
+    """name -> (shape, owning module, its class, attribute, aliases), one entry per distinct tensor."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    first_name: dict[int, str] = {}
+    aliases: dict[str, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owner = first_name.setdefault(id(p), name)
+        aliases.setdefault(owner, [])
+        if owner != name:
+            aliases[owner].append(name)
+    layout = {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, alias_list in aliases.items():
+        module_name, _, attr = name.rpartition(".")
+        layout[name] = (
+            tuple(params[name].shape),
+            module_name,
+            type(modules[module_name]).__name__,
+            attr,
+            tuple(alias_list),
+        )
+    return layout
+
+
+def probe(
+    factory: Callable[..., nn.Module],
+    *,
+    width_arg: str = "width",
+    sentinels: tuple[int, ...] = DEFAULT_SENTINELS,
+    width_multiple: int = 1,
+    fixed_kwargs: dict[str, Any] | None = None,
+) -> ShapeTable:
+    """Build the model at each sentinel width on meta and fit every dim as a polynomial in ``w``."""
+    if len(sentinels) < 3:
+        raise ValueError(f"sentinels={sentinels}: give at least three primes (two to fit, one to check)")
+    if len(set(sentinels)) != len(sentinels):
+        raise ValueError(f"sentinels={sentinels} repeat a value; give distinct primes")
+    widths = tuple(p * width_multiple for p in sentinels)
+    kwargs = dict(fixed_kwargs or {})
+    layouts = []
+    for width in widths:
+        try:
+            model = build_on_meta(factory, {**kwargs, width_arg: width})
+        except Exception as exc:  # the user's factory: re-raise with what we were doing
+            raise RuntimeError(
+                f"the factory failed at sentinel width {width} ({width_arg}={width}): {exc}. If it needs the "
+                f"width to be a multiple of something (e.g. the head count), pass width_multiple=... to wrap"
+            ) from exc
+        layouts.append(parameter_layout(model))
+    modules = {n: type(m).__name__ for n, m in model.named_modules()}
+    _check_same_names(layouts, widths)
+
+    params = {}
+    collisions = []
+    for name, (_, module, module_type, attr, aliases) in layouts[0].items():
+        shapes = [layout[name][0] for layout in layouts]
+        if len({len(s) for s in shapes}) != 1:
+            raise ShapeFitError(f"{name}: its number of dims changes with the width ({shapes}); it cannot be rescaled")
+        dims = []
+        for axis in range(len(shapes[0])):
+            values = [s[axis] for s in shapes]
+            try:
+                expr = fit_dim(widths, values)
+            except ShapeFitError as exc:
+                raise ShapeFitError(f"{name} dim {axis}: {exc}") from None
+            if not scales(expr):
+                collisions += _collision_notes(name, axis, values[0], sentinels)
+            dims.append(expr)
+        params[name] = ParamShape(name, tuple(dims), module, module_type, attr, aliases)
+
+    if not any(p.scaled_dims for p in params.values()):
+        raise ValueError(
+            f"no parameter shape depends on '{width_arg}': the factory ignores its width argument "
+            f"(shapes at widths {widths} are identical). Check that it passes '{width_arg}' to the layers"
+        )
+    for note in collisions:
+        warnings.warn(note, stacklevel=3)
+    return ShapeTable(params, widths, modules, tuple(collisions))
+
+
+def _check_same_names(layouts: list[dict], widths: tuple[int, ...]) -> None:
+    names = [set(layout) for layout in layouts]
+    for width, other in zip(widths[1:], names[1:]):
+        if other != names[0]:
+            only_first = sorted(names[0] - other)[:5]
+            only_other = sorted(other - names[0])[:5]
+            raise ValueError(
+                f"parameter names differ between width {widths[0]} and width {width}: only at {widths[0]}: "
+                f"{only_first}, only at {width}: {only_other}. The model's structure must not depend on the width"
+            )
+
+
+def _collision_notes(name: str, axis: int, value: int, sentinels: tuple[int, ...]) -> list[str]:
+    """A finite dim that is a multiple of a sentinel would fool a one-probe tracer; say we saw it."""
+    return [
+        f"{name} dim {axis} is {value} = {value // p}*{p} at every probe: a sentinel multiple by coincidence, "
+        f"kept finite because it did not change across probes {sentinels}"
+        for p in sentinels[:1]
+        if value >= p and value % p == 0
+    ]
