@@ -6,8 +6,10 @@ The model stays a plain ``nn.Module``; the plan rides along as an attribute (so 
 
 from __future__ import annotations
 
+import itertools
+import math
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -35,14 +37,26 @@ class OutputScale:
         return f"OutputScale({self.scale:g})"
 
 
-def init_stds(model: nn.Module) -> dict[str, float | None]:
-    """Each tensor's std as the factory initialised it; None for constants (zeros, ones, ...)."""
-    stds = {}
-    for name, p in model.named_parameters():
-        x = p.detach().float()
-        constant = x.numel() < 2 or bool((x == x.flatten()[0]).all())
-        stds[name] = None if constant else float(x.std())
-    return stds
+def init_stds(builds: Iterable[nn.Module]) -> dict[str, float | None]:
+    """Each tensor's init std, pooled over independent builds; None for constants (zeros, ones, ...).
+
+    Pooling matters for small base tensors (a readout of 16 weights): their std sets the scale of
+    the same tensor at every target width, so it is measured on enough draws to be ~1% accurate.
+    """
+    variances: dict[str, list[float]] = {}
+    constant: dict[str, bool] = {}
+    for model in builds:
+        for name, p in model.named_parameters():
+            x = p.detach().float().flatten()
+            constant[name] = constant.get(name, True) and (x.numel() < 2 or bool((x == x[0]).all()))
+            variances.setdefault(name, []).append(float(x.var()) if x.numel() > 1 else 0.0)
+    return {name: None if constant[name] else math.sqrt(sum(v) / len(v)) for name, v in variances.items()}
+
+
+def draws_needed(model: nn.Module, names: set[str], samples: int = 1 << 16, most: int = 256) -> int:
+    """How many builds give each of ``names`` at least ``samples`` values (at most ``most`` builds)."""
+    smallest = min((p.numel() for n, p in model.named_parameters() if n in names), default=samples)
+    return max(1, min(most, -(-samples // smallest)))
 
 
 def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
@@ -142,9 +156,12 @@ class MupFactory:
     def base_stds(self) -> dict[str, float | None]:
         """The factory's own init at base width, measured on a throwaway CPU build that leaves the RNG as it was."""
         if self._base_stds is None:
+            kwargs = {**self.fixed_kwargs, self.width_arg: self.base_width}
             with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-                base = self.factory(**self.fixed_kwargs, **{self.width_arg: self.base_width})
-            self._base_stds = init_stds(base)
+                first = self.factory(**kwargs)
+                rescaled = {n for n, r in self.roles.items() if r.role in ("hidden", "output")}
+                more = (self.factory(**kwargs) for _ in range(draws_needed(first, rescaled) - 1))
+                self._base_stds = init_stds(itertools.chain([first], more))
         return self._base_stds
 
     def plan(self, width: int, family: str = "adam") -> MupPlan:

@@ -34,7 +34,7 @@ def rescale_in_place(
     base_width = sentinel if base_width is None else base_width
     table = _table_at_sentinel(model, sentinel)
     _refuse_unsure(model, sentinel)
-    plan = make_plan(table, classify(table), init_stds(model), width=width, base_width=base_width,
+    plan = make_plan(table, classify(table), init_stds([model]), width=width, base_width=base_width,
                      parametrization=parametrization)
     _resize(model, table, plan, sentinel)
     return apply_plan(model, plan).__dict__["_ezmup_plan"]

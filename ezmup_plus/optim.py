@@ -128,11 +128,11 @@ def param_groups(
         eps_mult = t.eps_mult if eps_mode == "scaled" else 1.0
         key = (t.lr_mult, wd_mult, eps_mult)
         if key not in groups:
-            group = {"params": [], "names": [], "lr": lr * t.lr_mult, "lr_mult": t.lr_mult,
+            group = {"params": [], "param_names": [], "lr": lr * t.lr_mult, "lr_mult": t.lr_mult,
                      "weight_decay": weight_decay * wd_mult}
             if has_eps:
                 group["eps"] = eps * eps_mult
             groups[key] = group
         groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
+        groups[key]["param_names"].append(name)
     return list(groups.values())
