@@ -1,0 +1,18 @@
+"""Evidence that muP works on a model: LR sweeps and transfer tables, coordinate checks, plots."""
+
+from .sweep import Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
+from .train import RunResult, random_batches, train
+
+__all__ = [
+    "Run",
+    "RunResult",
+    "Transfer",
+    "analyse",
+    "geometric_lrs",
+    "lr_sweep",
+    "plot_sweep",
+    "random_batches",
+    "read_runs",
+    "train",
+    "transfer_table",
+]
