@@ -4,6 +4,7 @@ Maximal Update Parametrization (muP) in its spectral form, from a model factory 
 """
 
 from .build import MupFactory, plan_of, wrap
+from .diagnostics import coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
 from .plan import MupPlan, TensorPlan
 from .rules import PARAMETRIZATIONS, ROLES
@@ -14,7 +15,9 @@ __all__ = [
     "PARAMETRIZATIONS",
     "ROLES",
     "TensorPlan",
+    "coord_check",
     "get_mup_optimizer",
+    "lr_sweep",
     "plan_of",
     "register_optimizer",
     "wrap",

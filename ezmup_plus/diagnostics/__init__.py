@@ -1,9 +1,13 @@
 """Evidence that muP works on a model: LR sweeps and transfer tables, coordinate checks, plots."""
 
+from .coord import CoordCheck, CoordRow, coord_check
 from .sweep import Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
 from .train import RunResult, random_batches, train
 
 __all__ = [
+    "CoordCheck",
+    "CoordRow",
+    "coord_check",
     "Run",
     "RunResult",
     "Transfer",

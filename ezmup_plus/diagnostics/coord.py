@@ -1,0 +1,163 @@
+"""The coordinate check: activation size per module after a few steps, as a function of width.
+
+Under muP every module's output RMS (and its change since init) stays flat in width; under SP the
+readout and the hidden features grow. The verdict is the log-log slope against width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..build import MupFactory
+from ..optim import get_mup_optimizer, resolve_optimizer
+
+DEFAULT_TOLERANCE = 0.15  # |slope| of log2 RMS vs log2 width: a factor 1.5 over 16x width is 0.146
+
+
+@dataclass(frozen=True)
+class CoordRow:
+    module: str
+    width: int
+    step: int
+    rms: float  # RMS of the module's output on a fixed batch
+    delta_rms: float  # RMS of its change since init
+
+
+@dataclass(frozen=True)
+class CoordCheck:
+    rows: tuple[CoordRow, ...]
+    tolerance: float
+
+    def slope(self, module: str, step: int, field: str = "rms") -> float:
+        """Least-squares slope of log2(field) against log2(width)."""
+        pts = [(math.log2(r.width), math.log2(max(getattr(r, field), 1e-30)))
+               for r in self.rows if r.module == module and r.step == step]
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        var = sum((x - mx) ** 2 for x, _ in pts)
+        return sum((x - mx) * (y - my) for x, y in pts) / var
+
+    @property
+    def modules(self) -> list[str]:
+        return list(dict.fromkeys(r.module for r in self.rows))
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({r.step for r in self.rows})
+
+    def worst_slope(self, module: str) -> float:
+        """The steepest |slope| of the activations over the steps after init."""
+        return max(abs(self.slope(module, s)) for s in self.steps if s > 0)
+
+    def passed(self, module: str) -> bool:
+        return self.worst_slope(module) <= self.tolerance
+
+    @property
+    def ok(self) -> bool:
+        return all(self.passed(m) for m in self.modules)
+
+    def __str__(self) -> str:
+        lines = [f"coordinate check: |slope| of log2 RMS vs log2 width must be <= {self.tolerance}"]
+        width = max(len(m) for m in self.modules)
+        for m in self.modules:
+            slopes = "  ".join(f"step {s}: {self.slope(m, s):+.2f}" for s in self.steps)
+            lines.append(f"{m.ljust(width)}  {slopes}  {'pass' if self.passed(m) else 'FAIL'}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """The classic figure: one panel per step, RMS vs width per module, log-log."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(self.steps), figsize=(3.2 * len(self.steps), 3), sharey=True, squeeze=False)
+        for ax, step in zip(axes[0], self.steps):
+            for m in self.modules:
+                pts = sorted((r.width, r.rms) for r in self.rows if r.module == m and r.step == step)
+                ax.plot(*zip(*pts), marker=".", label=m)
+            ax.set(xscale="log", yscale="log", title=f"step {step}", xlabel="width")
+        axes[0][0].set_ylabel("activation RMS")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return path
+
+
+def coord_check(
+    factory: Callable[..., nn.Module],
+    widths: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.mse_loss,
+    steps: int = 3,
+    optimizer: str = "adam",
+    lr: float = 1e-2,
+    seed: int = 0,
+    modules: Callable[[str, nn.Module], bool] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> CoordCheck:
+    """Train ``factory(width=w)`` for ``steps`` on one fixed batch and record each module's output RMS.
+
+    ``factory`` is an ``ezp.wrap`` factory (muP) or any ``width -> nn.Module`` (then plain PyTorch
+    optimizer, i.e. SP, for comparison). ``modules`` picks which modules to watch (default: every
+    module that owns parameters).
+    """
+    if len(widths) < 2:
+        raise ValueError(f"widths={list(widths)}: the slope needs at least two widths")
+    x, y = data
+    rows = []
+    for width in widths:
+        torch.manual_seed(seed)
+        model = factory(width=width)
+        opt = (get_mup_optimizer(model, lr=lr, optimizer=optimizer) if isinstance(factory, MupFactory)
+               else _plain_optimizer(model, optimizer, lr))
+        watched = [(n, m) for n, m in model.named_modules()
+                   if (modules(n, m) if modules else any(True for _ in m.parameters(recurse=False)))]
+        init = _outputs(model, watched, x)
+        for step in range(steps + 1):
+            now = init if step == 0 else _outputs(model, watched, x)
+            rows += [CoordRow(n, width, step, _rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched]
+            if step < steps:
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+    return CoordCheck(tuple(rows), tolerance)
+
+
+def _plain_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    cls, _ = resolve_optimizer(name)
+    return cls(model.parameters(), lr=lr)
+
+
+def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: captured.setdefault(n, _first_tensor(out)))
+             for n, m in watched]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def _first_tensor(out) -> torch.Tensor:
+    """Modules such as Hugging Face blocks return tuples; their first element is the hidden state."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().float()
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.pow(2).mean().sqrt())

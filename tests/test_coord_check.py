@@ -1,0 +1,45 @@
+"""The coordinate check: muP flat, SP and a deliberately broken plan caught, slope fit, plot."""
+
+import pytest
+import torch
+
+import ezmup_plus as ezp
+from ezmup_plus.diagnostics import CoordCheck, CoordRow, coord_check
+from ezmup_plus.models.mlp import MLP
+
+WIDTHS = [64, 256, 1024]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
+
+
+def test_slope_fit_by_hand():
+    rows = tuple(CoordRow("m", w, 1, rms=3.0 * w**0.5, delta_rms=1.0) for w in (16, 64, 256))
+    rows += tuple(CoordRow("m", w, 0, rms=1.0, delta_rms=0.0) for w in (16, 64, 256))
+    check = CoordCheck(rows, tolerance=0.4)
+    assert check.slope("m", 1) == pytest.approx(0.5)
+    assert check.slope("m", 0) == pytest.approx(0.0)
+    assert check.worst_slope("m") == pytest.approx(0.5) and not check.ok
+
+
+def test_mup_passes_sp_fails(batch, tmp_path):
+    mup = coord_check(ezp.wrap(MLP, base_width=64), WIDTHS, batch)
+    sp = coord_check(MLP, WIDTHS, batch)
+    assert mup.ok, str(mup)
+    assert not sp.passed("readout") and sp.slope("readout", 3) > 0.5, str(sp)
+    assert "FAIL" in str(sp) and "pass" in str(mup)
+    assert mup.plot(tmp_path / "coord.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_deliberately_broken_plan_fails(batch):
+    broken = ezp.wrap(MLP, base_width=64, roles={"hidden.1.weight": "input"})  # hidden LR not scaled down
+    check = coord_check(broken, WIDTHS, batch)
+    assert not check.passed("hidden.1"), str(check)
+
+
+def test_needs_two_widths(batch):
+    with pytest.raises(ValueError, match="at least two widths"):
+        coord_check(MLP, [64], batch)
