@@ -6,10 +6,11 @@ The model stays a plain ``nn.Module``; the plan rides along as an attribute (so 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping
+from functools import cached_property, lru_cache
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ from torch import nn
 from . import rules
 from .plan import MupPlan, make_plan
 from .roles import Role, classify
-from .trace import DEFAULT_SENTINELS, ShapeTable, probe
+from .branches import branches_from_globs, find_branches
+from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
 
 PLAN_ATTR = "_ezmup_plan"
 
@@ -109,79 +111,118 @@ def find_plan(model: nn.Module) -> MupPlan | None:
 
 
 class MupFactory:
-    """A model factory that builds muP models at any width: ``wrap(make_model, base_width=256)(width=2048)``."""
+    """A model factory that builds muP models at any width and depth.
+
+    ``wrap(make_model, base_width=256, base_depth=4)(width=2048, depth=24)``. Everything it learns
+    about the factory (shapes on meta, roles, branches, base init) is computed once and cached.
+    """
 
     def __init__(
         self,
         factory: Callable[..., nn.Module],
         *,
         base_width: int,
+        base_depth: int | None = None,
         sentinel: int = DEFAULT_SENTINELS[0],
         sentinels: tuple[int, ...] | None = None,
         width_arg: str = "width",
+        depth_arg: str = "depth",
         width_multiple: int = 1,
         parametrization: str = "mup",
+        depth_alpha: float | None = None,
         roles: Mapping[str, str] | None = None,
+        branches: Sequence[str] | None = None,
+        example_inputs: Any = None,
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
+        rules.depth_alpha(parametrization, depth_alpha)  # validates the exponent now, not at first use
         if base_width % width_multiple:
             raise ValueError(f"base_width={base_width} is not a multiple of width_multiple={width_multiple}")
+        for arg in (width_arg, depth_arg if base_depth is not None else None):
+            if arg in fixed_kwargs:
+                raise ValueError(f"'{arg}' is set per build (f(width=..., depth=...)); do not also pass it to wrap")
         self.factory = factory
         self.base_width = base_width
+        self.base_depth = base_depth
         self.sentinels = tuple(sentinels) if sentinels else _sentinels_from(sentinel)
         self.width_arg = width_arg
+        self.depth_arg = depth_arg
         self.width_multiple = width_multiple
         self.parametrization = parametrization
+        self.depth_alpha = depth_alpha
         self.role_overrides = dict(roles or {})
+        self.branch_globs = tuple(branches) if branches is not None else None
+        self.example_inputs = example_inputs
         self.fixed_kwargs = fixed_kwargs
-        if width_arg in fixed_kwargs:
-            raise ValueError(f"'{width_arg}' is the width argument; do not also pass it as a fixed keyword")
-        self._table: ShapeTable | None = None
-        self._base_stds: dict[str, float | None] | None = None
 
-    @property
+    def kwargs(self, width: int, depth: int | None = None) -> dict[str, Any]:
+        """The factory's keyword arguments for one build."""
+        kwargs = {**self.fixed_kwargs, self.width_arg: width}
+        if self.base_depth is not None:
+            kwargs[self.depth_arg] = self.base_depth if depth is None else depth
+        return kwargs
+
+    @cached_property
     def table(self) -> ShapeTable:
-        """The symbolic shapes, probed once on meta."""
-        if self._table is None:
-            self._table = probe(self.factory, width_arg=self.width_arg, sentinels=self.sentinels,
-                                width_multiple=self.width_multiple, fixed_kwargs=self.fixed_kwargs)
-        return self._table
+        """The symbolic shapes, probed on meta at the sentinel widths (and three depths)."""
+        depth_kwargs = self.kwargs(self.base_width)
+        del depth_kwargs[self.width_arg]
+        table = probe(self.factory, width_arg=self.width_arg, sentinels=self.sentinels,
+                      width_multiple=self.width_multiple, fixed_kwargs=depth_kwargs)
+        if self.base_depth is None:
+            return table
+        return probe_depth(self.factory, table, depth_arg=self.depth_arg, base_depth=self.base_depth,
+                           fixed_kwargs=self.kwargs(self.sentinels[0] * self.width_multiple))
 
-    @property
+    @cached_property
     def roles(self) -> dict[str, Role]:
         return classify(self.table, self.role_overrides)
 
-    @property
+    @cached_property
+    def branches(self) -> dict[str, str]:
+        """Residual-branch output modules of the repeated blocks (templates -> "fold" or "hook")."""
+        if not self.table.stacks:
+            return {}
+        model = build_on_meta(self.factory, self.kwargs(self.sentinels[0] * self.width_multiple))
+        if self.branch_globs is not None:
+            return branches_from_globs(model, self.table, self.branch_globs)
+        return find_branches(model, self.table, self.example_inputs)
+
+    @cached_property
     def base_stds(self) -> dict[str, float | None]:
-        """The factory's own init at base width, measured on a throwaway CPU build that leaves the RNG as it was."""
-        if self._base_stds is None:
-            kwargs = {**self.fixed_kwargs, self.width_arg: self.base_width}
-            with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-                first = self.factory(**kwargs)
-                rescaled = {n for n, r in self.roles.items() if r.role in ("hidden", "output")}
-                more = (self.factory(**kwargs) for _ in range(draws_needed(first, rescaled) - 1))
-                self._base_stds = init_stds(itertools.chain([first], more))
-        return self._base_stds
+        """The factory's own init at base width and depth, pooled over throwaway CPU builds; the RNG is left as it was."""
+        kwargs = self.kwargs(self.base_width)
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            first = self.factory(**kwargs)
+            rescaled = {n for n, r in self.roles.items() if r.role in ("hidden", "output")}
+            more = (self.factory(**kwargs) for _ in range(draws_needed(first, rescaled) - 1))
+            return init_stds(itertools.chain([first], more))
 
-    def plan(self, width: int, family: str = "adam") -> MupPlan:
-        """The per-tensor plan at ``width``; nothing is built."""
-        return _plan(self, width, family)
+    def plan(self, width: int, depth: int | None = None, family: str = "adam") -> MupPlan:
+        """The per-tensor plan at ``width`` (and ``depth``); nothing is built."""
+        return _plan(self, width, depth, family)
 
-    def __call__(self, width: int, **kwargs: Any) -> nn.Module:
-        plan = self.plan(width)
-        model = self.factory(**self.fixed_kwargs, **kwargs, **{self.width_arg: width})
-        return apply_plan(model, plan)
+    def __call__(self, width: int, depth: int | None = None, *, device: Any = None,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+        """Build at the target directly on ``device``; init is rescaled in the factory's dtype, then cast."""
+        plan = self.plan(width, depth)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = self.factory(**self.kwargs(width, depth))
+        apply_plan(model, plan)
+        return model if dtype is None else model.to(dtype)
 
     def __repr__(self) -> str:
         name = getattr(self.factory, "__qualname__", repr(self.factory))
-        return f"MupFactory({name}, base_width={self.base_width}, parametrization={self.parametrization!r})"
+        return (f"MupFactory({name}, base_width={self.base_width}, base_depth={self.base_depth}, "
+                f"parametrization={self.parametrization!r})")
 
 
 @lru_cache(maxsize=64)
-def _plan(f: MupFactory, width: int, family: str) -> MupPlan:
-    return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width,
-                     parametrization=f.parametrization, family=family)
+def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
+    return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
+                     parametrization=f.parametrization, family=family, depth_alpha=f.depth_alpha,
+                     branches=f.branches)
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ factory's own init stds at base; it never touches a model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping
 
@@ -144,15 +145,31 @@ def make_plan(
     *,
     width: int,
     base_width: int,
+    depth: int | None = None,
     parametrization: str = "mup",
     family: str = "adam",
+    depth_alpha: float | None = None,
+    branches: Mapping[str, str] | None = None,
 ) -> MupPlan:
-    """Combine shapes, roles, rules and the factory's base init into per-tensor numbers."""
+    """Combine shapes, roles, rules and the factory's base init into per-tensor numbers.
+
+    ``branches`` maps residual-branch module templates (``blocks.{i}.attn.c_proj``) to ``"fold"``
+    or ``"hook"``: the branch multiplier m_L^-alpha goes into init and LR, or into a forward hook.
+    """
     rules.check_parametrization(parametrization)
+    if depth is not None and table.depth is None:
+        raise ValueError(f"depth={depth} was given but the factory was not probed in depth: pass base_depth=... "
+                         "to ezmup_plus.wrap")
+    depth = table.depth if depth is None else depth
+    alpha = rules.depth_alpha(parametrization, depth_alpha) if table.stacks else None
+    m_depth = 1.0 if depth is None else depth / table.depth
+    branch_multiplier = 1.0 if alpha is None else m_depth**-alpha
+    stds = _pooled_by_template(table, base_stds)
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
-    for name, p in table.params.items():
-        role = roles[name]
+    for name, base_name in expand_names(table, depth):
+        p, role, template = table.params[base_name], roles[base_name], table.template(name)
+        module, _, _ = name.rpartition(".")
         shape = tuple(evaluate(d, width, what=name) for d in p.dims)
         fan_in, fan_out = role.fan_in(p.dims), role.fan_out(p.dims)
         fan_in_now, fan_out_now = _size(fan_in, width, name), _size(fan_out, width, name)
@@ -160,16 +177,25 @@ def make_plan(
             role=role.role,
             m_in=fan_in_now / _size(fan_in, base_width, name),
             m_out=fan_out_now / _size(fan_out, base_width, name),
+            m_depth=m_depth,
+            in_block=template != name,
             fan_in=fan_in_now,
             fan_out=fan_out_now,
         )
-        s = rules.scaling(parametrization, family, scale)
+        s = rules.scaling(parametrization, family, scale, alpha)
+        fold = 1.0
+        branch = (branches or {}).get(template.rpartition(".")[0])
+        if branch == "fold" and branch_multiplier != 1.0:
+            fold = branch_multiplier
+            s = rules.fold(family, s, fold)
+        elif branch == "hook" and branch_multiplier != 1.0:
+            multipliers[module] = branch_multiplier
         multiplier = 1.0
         if role.tied_readout and parametrization != "sp" and role.role == "input":
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
-        init_std, init_factor = _target_std(base_stds.get(name), s)
+        init_std, init_factor = _target_std(stds.get(template), s)
         tensors[name] = TensorPlan(
             name=name,
             shape_expr=p.dims,
@@ -184,9 +210,47 @@ def make_plan(
             eps_mult=s.eps,
             multiplier=multiplier,
             scale=scale,
+            fold=fold,
             source=role.source,
         )
-    return MupPlan(width, base_width, parametrization, family, tensors, {k: v for k, v in multipliers.items() if v != 1.0})
+    return MupPlan(width, base_width, parametrization, family, tensors,
+                   {k: v for k, v in multipliers.items() if v != 1.0}, depth, table.depth, alpha)
+
+
+def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:
+    """(name at ``depth``, the base-depth name it copies) in the model's parameter order.
+
+    Every block of a stack repeats the parameters of its block 0.
+    """
+    out: list[tuple[str, str]] = []
+    done = set()
+    for name in table.params:
+        where = table.stack_of(name)
+        if where is None:
+            out.append((name, name))
+            continue
+        stack, _ = where
+        if stack.template in done:
+            continue
+        done.add(stack.template)
+        first = stack.block(0)
+        per_block = [n for n in table.params if table.stack_of(n) == (stack, 0)]
+        for index in range(stack.count(depth)):
+            out += [(stack.block(index) + n[len(first):], n) for n in per_block]
+    return out
+
+
+def _pooled_by_template(table: ShapeTable, base_stds: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Init std per name template: blocks share one, pooled over the base model's blocks.
+
+    So a factory's own depth-dependent init (GPT-2's 1/sqrt(2L) on branch outputs) counts at its
+    base-depth value and is not applied twice.
+    """
+    variances: dict[str, list[float]] = {}
+    for name, std in base_stds.items():
+        if std is not None:
+            variances.setdefault(table.template(name), []).append(std**2)
+    return {t: math.sqrt(sum(v) / len(v)) for t, v in variances.items()}
 
 
 def _target_std(base_std: float | None, s: rules.Scaling) -> tuple[float | None, float]:

@@ -22,6 +22,7 @@ EMBEDDING_TYPES = {"Embedding", "EmbeddingBag"}
 LINEAR_TYPES = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Bilinear"}
 CONV_TYPES = {"Conv1d", "Conv2d", "Conv3d"}
 CONV_TRANSPOSE_TYPES = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+IN_OUT_TYPES = {"Conv1D"}  # Hugging Face GPT-2's projection: weight stored (in, out)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def convention_fan_in(p: ParamShape) -> tuple[tuple[int, ...], bool]:
         return (), False
     if p.module_type in EMBEDDING_TYPES:
         return (0,), False  # a lookup: the vocabulary is the fan-in
-    if p.module_type in CONV_TRANSPOSE_TYPES:
+    if p.module_type in CONV_TRANSPOSE_TYPES | IN_OUT_TYPES:
         return (0, *range(2, ndim)), False
     if p.module_type in LINEAR_TYPES | CONV_TYPES:
         return tuple(range(1, ndim)), False

@@ -56,11 +56,18 @@ def check_family(family: str) -> None:
 
 
 def depth_alpha(parametrization: str, alpha: float | None = None) -> float | None:
-    """The residual-branch exponent: None where depth is not scaled (sp, mup, spectral)."""
+    """The residual-branch exponent for a model probed in depth.
+
+    CompleteP's alpha=1 unless told otherwise (depth_mup: 1/2); SP scales nothing.
+    """
     check_parametrization(parametrization)
-    if parametrization not in DEPTH_ALPHA:
+    if parametrization == "sp":
         return None
-    return DEPTH_ALPHA[parametrization] if alpha is None else alpha
+    if alpha is None:
+        return DEPTH_ALPHA.get(parametrization, 1.0)
+    if not 0.5 <= alpha <= 1.0:
+        raise ValueError(f"depth_alpha={alpha}: choose a value from 0.5 (depth-muP) to 1.0 (CompleteP)")
+    return alpha
 
 
 def width_scaling(family: str, t: TensorScale) -> Scaling:

@@ -7,7 +7,8 @@ belongs to. Nothing here knows about optimizers or parametrizations.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import sympy
@@ -36,6 +37,21 @@ class ParamShape:
 
 
 @dataclass(frozen=True)
+class Stack:
+    """A depth-repeated stack of blocks, e.g. ``blocks.{i}``: it holds ``per_depth * depth + offset`` blocks."""
+
+    template: str
+    per_depth: int
+    offset: int
+
+    def count(self, depth: int) -> int:
+        return self.per_depth * depth + self.offset
+
+    def block(self, index: int) -> str:
+        return self.template.replace("{i}", str(index))
+
+
+@dataclass(frozen=True)
 class ShapeTable:
     """Everything the probes learned, keyed by parameter name (in ``named_parameters`` order)."""
 
@@ -43,6 +59,26 @@ class ShapeTable:
     widths: tuple[int, ...]
     modules: dict[str, str] = field(default_factory=dict)  # module name -> class name
     collisions: tuple[str, ...] = ()  # human-readable notes on finite dims equal to sentinel multiples
+    stacks: tuple[Stack, ...] = ()  # empty unless probed in depth
+    depth: int | None = None  # the depth the width probes were taken at (the base depth)
+
+    def stack_of(self, name: str) -> tuple[Stack, int] | None:
+        """The stack a parameter or module name lies in, and its block index."""
+        for stack in self.stacks:
+            head, _, _ = stack.template.partition("{i}")
+            if name.startswith(head):
+                index, dot, _ = name[len(head):].partition(".")
+                if index.isdigit() and (dot or name[len(head):] == index):
+                    return stack, int(index)
+        return None
+
+    def template(self, name: str) -> str:
+        """``blocks.3.attn.c_proj.weight`` -> ``blocks.{i}.attn.c_proj.weight``; other names unchanged."""
+        found = self.stack_of(name)
+        if found is None:
+            return name
+        stack, index = found
+        return stack.template + name[len(stack.block(index)):]
 
 
 def build_on_meta(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> nn.Module:
@@ -154,3 +190,50 @@ def _collision_notes(name: str, axis: int, value: int, sentinels: tuple[int, ...
         for p in sentinels[:1]
         if value >= p and value % p == 0
     ]
+
+
+def probe_depth(
+    factory: Callable[..., nn.Module],
+    table: ShapeTable,
+    *,
+    depth_arg: str,
+    base_depth: int,
+    fixed_kwargs: dict[str, Any],
+) -> ShapeTable:
+    """Probe three depths at one sentinel width; names that appear only deeper form the repeated stacks.
+
+    A stack's block count must be linear in the depth (``d`` blocks, ``2*d`` for interleaved pairs,
+    ``d+1``...), fitted on two depths and checked on the third.
+    """
+    depths = (base_depth, base_depth + 1, base_depth + 2)
+    names = [set(parameter_layout(build_on_meta(factory, {**fixed_kwargs, depth_arg: d}))) for d in depths]
+    if names[0] == names[1] == names[2]:
+        raise ValueError(
+            f"no parameter appears or disappears between {depth_arg}={depths[0]} and {depth_arg}={depths[2]}: "
+            f"the factory ignores its depth argument. Check that it passes '{depth_arg}' to the number of blocks"
+        )
+    new = sorted(names[1] - names[0])
+    templates = {_stack_template(name) for name in new}
+    stacks = []
+    for template in sorted(templates):
+        counts = [_count_blocks(template, n) for n in names]
+        per_depth = counts[1] - counts[0]
+        if per_depth < 1 or counts[2] - counts[1] != per_depth:
+            raise ValueError(f"the stack {template} holds {counts} blocks at {depth_arg}={depths}: "
+                             "its number of blocks must grow linearly with the depth")
+        stacks.append(Stack(template, per_depth, counts[0] - per_depth * base_depth))
+    return replace(table, stacks=tuple(stacks), depth=base_depth)
+
+
+def _stack_template(name: str) -> str:
+    """The first numeric path component of ``name`` counts the blocks: replace it by ``{i}``."""
+    parts = name.split(".")
+    for k, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join([*parts[:k], "{i}"])
+    raise ValueError(f"{name} appears only at the larger depth but has no block index in its name")
+
+
+def _count_blocks(template: str, names: set[str]) -> int:
+    pattern = re.compile(re.escape(template).replace(r"\{i\}", r"(\d+)") + r"\.")
+    return len({m.group(1) for n in names if (m := pattern.match(n))})

@@ -1,0 +1,275 @@
+"""Depth: stacks found from probes, residual branches, CompleteP / depth-muP rules against a
+hand-written reference with explicit branch multipliers, the depth coordinate check, HF models."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import ezmup_plus as ezp
+from ezmup_plus.models.gpt import GPT
+
+
+class ResMLP(nn.Module):
+    """Pre-LN residual MLP: x = x + fc2(relu(fc1(ln(x)))) per block."""
+
+    def __init__(self, width, depth):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(nn.ModuleDict({"ln": nn.LayerNorm(width), "fc1": nn.Linear(width, 2 * width),
+                                                   "fc2": nn.Linear(2 * width, width)}) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + b["fc2"](torch.relu(b["fc1"](b["ln"](x))))
+        return self.out(x)
+
+
+class ReferenceResMLP(nn.Module):
+    """The same network written with the branch multiplier explicit (not folded)."""
+
+    def __init__(self, width, depth, branch):
+        super().__init__()
+        self.branch = branch
+        self.inp = nn.Linear(8, width)
+        self.ln = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+        self.fc1 = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
+        self.fc2 = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for ln, fc1, fc2 in zip(self.ln, self.fc1, self.fc2):
+            x = x + self.branch * fc2(torch.relu(fc1(ln(x))))
+        return self.out(x)
+
+
+def reference_from(model, depth, branch):
+    """Copy the muP model's initial weights, un-folding the branch multiplier out of fc2."""
+    ref = ReferenceResMLP(model.inp.out_features, depth, branch)
+    with torch.no_grad():
+        ref.inp.load_state_dict(model.inp.state_dict())
+        ref.out.load_state_dict(model.out.state_dict())
+        for i, b in enumerate(model.blocks):
+            ref.ln[i].load_state_dict(b["ln"].state_dict())
+            ref.fc1[i].load_state_dict(b["fc1"].state_dict())
+            ref.fc2[i].weight.copy_(b["fc2"].weight / branch)
+            ref.fc2[i].bias.copy_(b["fc2"].bias / branch)
+    return ref
+
+
+def in_block(ref):
+    ln = [p for m in ref.ln for p in m.parameters()]
+    return ln, [m.weight for m in ref.fc1] + [m.weight for m in ref.fc2], [m.bias for m in ref.fc1] + [m.bias for m in ref.fc2]
+
+
+def train_and_compare(model, opt, ref, ref_opt, steps=4):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
+    for _ in range(steps):
+        for net, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            o.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def resmlp():
+    return ezp.wrap(ResMLP, base_width=32, base_depth=2)
+
+
+def test_stack_templates_and_branches(resmlp):
+    assert [(s.template, s.per_depth, s.offset) for s in resmlp.table.stacks] == [("blocks.{i}", 1, 0)]
+    assert resmlp.branches == {"blocks.{i}.fc2": "fold"}
+    plan = resmlp.plan(width=32, depth=6)
+    assert plan.depth == 6 and plan.depth_alpha == 1.0
+    assert [n for n in plan.tensors if n.endswith("fc2.weight")] == [f"blocks.{i}.fc2.weight" for i in range(6)]
+
+
+def test_two_stacks_encoder_decoder():
+    class EncDec(nn.Module):
+        def __init__(self, width, depth):
+            super().__init__()
+            self.emb = nn.Embedding(10, width)
+            self.enc = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.dec = nn.ModuleList(nn.Linear(width, width) for _ in range(2 * depth))
+            self.head = nn.Linear(width, 10)
+
+        def forward(self, idx):
+            x = self.emb(idx)
+            for layer in [*self.enc, *self.dec]:
+                x = x + layer(x)
+            return self.head(x)
+
+    f = ezp.wrap(EncDec, base_width=32, base_depth=1)
+    assert {(s.template, s.per_depth) for s in f.table.stacks} == {("enc.{i}", 1), ("dec.{i}", 2)}
+    assert f.branches == {"enc.{i}": "fold", "dec.{i}": "fold"}
+    plan = f.plan(width=32, depth=3)
+    assert sum(n.startswith("dec.") and n.endswith("weight") for n in plan.tensors) == 6
+    assert plan["dec.5.weight"].fold == pytest.approx(1 / 3)
+
+
+def test_base_depth_and_width_are_bit_identical(resmlp):
+    torch.manual_seed(4)
+    ours = resmlp(width=32, depth=2)
+    torch.manual_seed(4)
+    plain = ResMLP(32, 2)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), plain.parameters()))
+    torch.manual_seed(4)
+    gpt = ezp.wrap(GPT, base_width=32, base_depth=2, width_multiple=4)(width=32, depth=2)
+    torch.manual_seed(4)
+    assert all(torch.equal(a, b) for a, b in zip(gpt.parameters(), GPT(32, depth=2).parameters()))
+
+
+@pytest.mark.parametrize("m_l", [2, 4])
+def test_adamw_steps_equal_the_reference_completep(resmlp, m_l):
+    depth, lr, eps = 2 * m_l, 1e-2, 1e-8
+    torch.manual_seed(0)
+    model = resmlp(width=32, depth=depth)
+    ref = reference_from(model, depth, branch=1 / m_l)  # CompleteP: branch x m_L^-1
+    ln, w, b = in_block(ref)
+    ref_opt = torch.optim.AdamW([  # alpha = 1: hidden LR x m_L^0; eps x m_L^-1 inside the blocks
+        {"params": [*ref.inp.parameters(), *ref.out.parameters()], "lr": lr},
+        {"params": ln + w + b, "lr": lr, "eps": eps / m_l},
+    ], lr=lr, weight_decay=0.0)
+    opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adamw")
+    train_and_compare(model, opt, ref, ref_opt)
+
+
+def test_adam_steps_equal_the_reference_depth_mup():
+    m_l, lr, eps = 4, 1e-2, 1e-8
+    f = ezp.wrap(ResMLP, base_width=32, base_depth=2, parametrization="depth_mup")
+    torch.manual_seed(0)
+    model = f(width=32, depth=2 * m_l)
+    ref = reference_from(model, 2 * m_l, branch=m_l**-0.5)
+    ln, w, b = in_block(ref)
+    ref_opt = torch.optim.Adam([  # alpha = 1/2: LR x m_L^-1/2, eps x m_L^-1/2 inside the blocks
+        {"params": [*ref.inp.parameters(), *ref.out.parameters()], "lr": lr},
+        {"params": ln + w + b, "lr": lr * m_l**-0.5, "eps": eps * m_l**-0.5},
+    ], lr=lr)
+    train_and_compare(model, ezp.get_mup_optimizer(model, lr=lr, optimizer="adam"), ref, ref_opt)
+
+
+@pytest.mark.parametrize("m_l", [2, 4])
+def test_sgd_steps_equal_the_reference_completep(resmlp, m_l):
+    depth, lr = 2 * m_l, 0.02
+    torch.manual_seed(0)
+    model = resmlp(width=32, depth=depth)
+    ref = reference_from(model, depth, branch=1 / m_l)
+    ln, w, b = in_block(ref)
+    ref_opt = torch.optim.SGD([  # alpha = 1: SGD LR x m_L inside the blocks
+        {"params": [*ref.inp.parameters(), *ref.out.parameters()], "lr": lr},
+        {"params": ln + w + b, "lr": lr * m_l},
+    ], lr=lr, momentum=0.9)
+    opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="sgd", momentum=0.9)
+    train_and_compare(model, opt, ref, ref_opt)
+
+
+def test_width_and_depth_together_by_hand(resmlp):
+    plan = resmlp.plan(width=128, depth=8)  # m_w = 4, m_L = 4, alpha = 1
+    fc1, fc2 = plan["blocks.7.fc1.weight"], plan["blocks.7.fc2.weight"]
+    assert (fc1.lr_mult, fc1.eps_mult, fc1.fold) == pytest.approx((1 / 4, 1 / 16, 1.0))
+    # the branch multiplier 1/4 folded into fc2: init x 1/4, LR x 1/4, eps / (1/4)
+    assert (fc2.lr_mult, fc2.eps_mult, fc2.fold) == pytest.approx((1 / 16, 1 / 4, 1 / 4))
+    assert fc2.init_std == pytest.approx(fc1.init_std / math.sqrt(2) / 4, rel=0.05)  # fan-in 2w vs w
+    assert plan["blocks.7.ln.weight"].eps_mult == pytest.approx(1 / 4)
+    assert plan["inp.weight"].lr_mult == 1.0 and plan["out.weight"].lr_mult == pytest.approx(1 / 4)
+
+
+def residual_rms_after_steps(model, opt, steps=3):
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 65, (8, 32), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(idx[:, :-1])
+        nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+        opt.step()
+    with torch.no_grad():
+        x = model.wte(idx) + model.wpe(torch.arange(idx.shape[1]))
+        for block in model.blocks:
+            x = block(x)
+    return float(x.pow(2).mean().sqrt())
+
+
+@pytest.mark.slow
+def test_depth_coordinate_check_completep_flat_sp_drifts():
+    depths = [2, 4, 8, 16]
+    f = ezp.wrap(GPT, base_width=32, base_depth=2, width_multiple=4, block_size=32)
+    ours, plain = [], []
+    for depth in depths:
+        torch.manual_seed(0)
+        model = f(width=32, depth=depth)
+        ours.append(residual_rms_after_steps(model, ezp.get_mup_optimizer(model, lr=1e-2, optimizer="adam")))
+        torch.manual_seed(0)
+        model = GPT(32, depth=depth, block_size=32)
+        plain.append(residual_rms_after_steps(model, torch.optim.Adam(model.parameters(), lr=1e-2)))
+    assert max(ours) / min(ours) < 1.5, ours
+    assert plain[-1] / plain[0] > 2.0, plain
+
+
+def test_hf_gpt2_at_twice_the_depth_does_not_apply_its_own_depth_init_twice():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+
+    def gpt2(width, depth):
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=width, n_layer=depth, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0))
+
+    f = ezp.wrap(gpt2, base_width=32, base_depth=2, width_multiple=4)
+    assert f.branches == {"transformer.h.{i}.attn.c_proj": "fold", "transformer.h.{i}.mlp.c_proj": "fold"}
+    torch.manual_seed(0)
+    model = f(width=32, depth=4)
+    # GPT-2 inits c_proj with 0.02/sqrt(2*n_layer): 0.01 at the base depth 2; CompleteP then folds 1/2
+    std = float(torch.cat([model.transformer.h[i].attn.c_proj.weight.detach().flatten() for i in range(4)]).std())
+    assert std == pytest.approx(0.01 / 2, rel=0.05)
+    plan = ezp.plan_of(model)
+    assert plan["transformer.h.3.attn.c_attn.weight"].role == "hidden"
+    assert plan["transformer.h.3.mlp.c_proj.weight"].fold == pytest.approx(0.5)
+    assert model(torch.randint(0, 64, (2, 8))).logits.shape == (2, 8, 64)
+
+
+def test_hf_llama_at_twice_the_depth():
+    transformers = pytest.importorskip("transformers")
+
+    def llama(width, depth):
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=width, intermediate_size=2 * width, num_hidden_layers=depth, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=64, max_position_embeddings=32))
+
+    f = ezp.wrap(llama, base_width=32, base_depth=2, width_multiple=8)
+    assert f.branches == {"model.layers.{i}.self_attn.o_proj": "fold", "model.layers.{i}.mlp.down_proj": "fold"}
+    model = f(width=64, depth=4)
+    plan = ezp.plan_of(model)
+    assert plan["model.layers.3.mlp.down_proj.weight"].fold == pytest.approx(0.5)
+    assert plan["model.layers.3.self_attn.k_proj.weight"].shape_expr[0] == plan["model.layers.3.self_attn.k_proj.weight"].shape_expr[1] / 2
+    assert plan["model.layers.3.input_layernorm.weight"].eps_mult == pytest.approx(0.5)
+    assert model(torch.randint(0, 64, (2, 8))).logits.shape == (2, 8, 64)
+
+
+def test_factory_that_ignores_depth():
+    with pytest.raises(ValueError, match="ignores its depth argument"):
+        ezp.wrap(lambda width, depth: ResMLP(width, 2), base_width=32, base_depth=2).plan(width=64)
+
+
+def test_blocks_without_a_branch_name_the_block_and_branches():
+    def plain_stack(width, depth):
+        return nn.Sequential(nn.Linear(8, width), *[nn.Linear(width, width) for _ in range(depth)])
+
+    with pytest.raises(ValueError, match=r"no residual branch was found in .* branches=\["):
+        ezp.wrap(plain_stack, base_width=32, base_depth=2).plan(width=64, depth=4)
+
+
+def test_branches_override_and_bad_depth_arguments():
+    f = ezp.wrap(ResMLP, base_width=32, base_depth=2, branches=["blocks.*.fc2"])
+    assert f.branches == {"blocks.{i}.fc2": "fold"}
+    with pytest.raises(ValueError, match="matches no module inside a repeated block"):
+        _ = ezp.wrap(ResMLP, base_width=32, base_depth=2, branches=["head.*"]).branches
+    with pytest.raises(ValueError, match="not probed in depth: pass base_depth"):
+        ezp.wrap(ResMLP, base_width=32, depth=2)(width=32, depth=4)
+    with pytest.raises(ValueError, match="depth_alpha=2"):
+        ezp.wrap(ResMLP, base_width=32, base_depth=2, depth_alpha=2)
