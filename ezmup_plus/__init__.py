@@ -4,10 +4,13 @@ Maximal Update Parametrization (muP) in its spectral form, from a model factory 
 """
 
 from .build import MupFactory, plan_of, wrap
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import from_config, load_config
 from .diagnostics import coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
 from .plan import MupPlan, TensorPlan
 from .rules import PARAMETRIZATIONS, ROLES
+from .scale_config import scale_config
 
 __all__ = [
     "MupFactory",
@@ -16,9 +19,14 @@ __all__ = [
     "ROLES",
     "TensorPlan",
     "coord_check",
+    "from_config",
     "get_mup_optimizer",
+    "load_checkpoint",
+    "load_config",
     "lr_sweep",
     "plan_of",
     "register_optimizer",
+    "save_checkpoint",
+    "scale_config",
     "wrap",
 ]

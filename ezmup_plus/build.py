@@ -194,6 +194,7 @@ class MupFactory:
         """The factory's own init at base width and depth, pooled over throwaway CPU builds; the RNG is left as it was."""
         kwargs = self.kwargs(self.base_width)
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            torch.manual_seed(0)  # the plan is a function of the factory alone, not of the caller's RNG state
             first = self.factory(**kwargs)
             rescaled = {n for n, r in self.roles.items() if r.role in ("hidden", "output")}
             more = (self.factory(**kwargs) for _ in range(draws_needed(first, rescaled) - 1))

@@ -17,7 +17,7 @@ def batch():
 
 
 def test_slope_fit_by_hand():
-    rows = tuple(CoordRow("m", w, 1, rms=3.0 * w**0.5, delta_rms=1.0) for w in (16, 64, 256))
+    rows = tuple(CoordRow("m", w, 1, rms=3.0 * w**0.5, delta_rms=2.0) for w in (16, 64, 256))
     rows += tuple(CoordRow("m", w, 0, rms=1.0, delta_rms=0.0) for w in (16, 64, 256))
     check = CoordCheck(rows, tolerance=0.4)
     assert check.slope("m", 1) == pytest.approx(0.5)

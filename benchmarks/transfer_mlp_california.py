@@ -1,0 +1,46 @@
+"""MLP on California Housing (the muP reproduction's regression experiment): best Adam LR per width, SP vs muP.
+
+Two hidden layers, base width 16, Adam without weight decay, batch 16, a geometric LR grid.
+    python benchmarks/transfer_mlp_california.py --preset cpu
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common import DATA, parse_preset, run_transfer
+
+import ezmup_plus as ezp
+from ezmup_plus.data import load_california_housing
+from ezmup_plus.diagnostics import geometric_lrs, random_batches, train
+from ezmup_plus.models.mlp import MLP
+
+PRESETS = {
+    "smoke": dict(widths=[16, 64], lrs=geometric_lrs(2**-10, 2**-4), seeds=[0], steps=100),
+    "cpu": dict(widths=[16, 32, 64, 128, 256], lrs=geometric_lrs(2**-13, 2**-3), seeds=[0, 1], steps=2000),
+    "full": dict(widths=[16, 32, 64, 128, 256, 512, 1024, 2048], lrs=geometric_lrs(2**-14, 2**-2, 2),
+                 seeds=[0, 1, 2, 3, 4], steps=20000),
+}
+
+
+def main() -> None:
+    preset, cfg, args = parse_preset(__doc__.splitlines()[0], PRESETS)
+    torch.set_num_threads(2)
+    x, y, xv, yv = load_california_housing(DATA / "california_housing.csv")
+    factories = {p: ezp.wrap(MLP, base_width=16, parametrization=p, in_features=8, out_features=1)
+                 for p in ("sp", "mup")}
+
+    def run(parametrization, width, depth, lr, seed):
+        torch.manual_seed(seed)
+        model = factories[parametrization](width=width)
+        opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adam")
+        return train(model, opt, random_batches(x, y, 16, seed), F.mse_loss, cfg["steps"], (xv, yv))
+
+    run_transfer(f"transfer_mlp_california_{preset}", run, parametrizations=("sp", "mup"), widths=cfg["widths"],
+                 lrs=cfg["lrs"], seeds=cfg["seeds"], out=args.out, fresh=args.fresh,
+                 settings={"preset": preset, "steps": cfg["steps"], "batch": 16, "optimizer": "adam"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The ``ezmup-plus`` command line: inspect a plan, train, sweep, transfer, coordinate-check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
+from .data import lm_batches, lm_loss, load_california_housing, load_shakespeare_chars
+from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a config trains on: endless batches, a fixed validation batch and the loss."""
+
+    batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # seed -> batches
+    val: tuple[torch.Tensor, torch.Tensor]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def task_from(cfg: Config) -> Task:
+    d, batch = cfg.data, cfg.train.batch_size
+    if d.name == "tinyshakespeare":
+        train_ids, val_ids, _ = load_shakespeare_chars(_data_path(d))
+        return Task(lambda s: lm_batches(train_ids, d.block_size, batch, s),
+                    next(lm_batches(val_ids, d.block_size, 64, 1234)), lm_loss)
+    if d.name in ("california_housing", "digits", "synthetic"):
+        if d.name == "california_housing":
+            x, y, xv, yv = load_california_housing(_data_path(d))
+        elif d.name == "digits":
+            from .demo import digits
+
+            x, y, xv, yv = digits()
+        else:
+            x, y, xv, yv = _synthetic(cfg.model.kwargs.get("in_features", 8), cfg.model.kwargs.get("out_features", 1))
+        loss = torch.nn.functional.cross_entropy if d.name == "digits" else torch.nn.functional.mse_loss
+        return Task(lambda s: random_batches(x, y, batch, s), (xv, yv), loss)
+    raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing or tinyshakespeare")
+
+
+def _data_path(d) -> Path:
+    if not d.path:
+        raise ConfigError(f"data.path is required for data.name={d.name!r}")
+    return Path(d.path)
+
+
+def _synthetic(n_in: int, n_out: int, n: int = 2048) -> tuple[torch.Tensor, ...]:
+    """A fixed random teacher: y = tanh(x A) B, so runs need no data files."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, n_in, generator=g)
+    y = torch.tanh(x @ torch.randn(n_in, 32, generator=g)) @ torch.randn(32, n_out, generator=g) / 32**0.5
+    cut = n * 3 // 4
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def cmd_inspect(args) -> None:
+    cfg = load_config(args.config, args.set)
+    factory = build_factory(cfg)
+    print(factory.plan(width=cfg.model.width, depth=cfg.model.depth))
+
+
+def cmd_train(args) -> None:
+    cfg = load_config(args.config, args.set)
+    out = args.out or Path("runs") / Path(args.config).stem
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=cfg.train.device)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg)
+    task = task_from(cfg)
+    log = []
+    bar = tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train")
+    for step, (x, y) in bar:
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model(x), y)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
+        if step % cfg.train.log_every == 0:
+            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
+    with torch.no_grad():
+        val = float(task.loss(model(task.val[0]), task.val[1]))
+    with open(out / "loss.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr"])
+        writer.writeheader()
+        writer.writerows(log)
+    (out / "loss.json").write_text(json.dumps({"train": log, "val_loss": val}))
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(out / "checkpoint.pt", model, opt)
+    print(f"final train loss {log[-1]['loss']:.4f}, validation loss {val:.4f}; wrote {out}")
+
+
+def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
+    task = task_from(cfg)
+    factories = {p: build_factory(dataclasses.replace(cfg, mup=dataclasses.replace(cfg.mup, parametrization=p)))
+                 for p in parametrizations}
+
+    def run(parametrization, width, depth, lr, seed):
+        torch.manual_seed(seed)
+        model = factories[parametrization](width=width, depth=depth)
+        opt = build_optimizer(model, dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=lr)))
+        return train(model, opt, task.batches(seed), task.loss, cfg.train.steps, task.val)
+
+    jsonl = args.out / "sweep.jsonl" if args.out else None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    return lr_sweep(run, widths=widths, lrs=lrs, seeds=args.seeds, parametrizations=parametrizations,
+                    depths=[cfg.model.depth], jsonl_path=jsonl)
+
+
+def cmd_sweep(args) -> None:
+    cfg = load_config(args.config, args.set)
+    runs = _sweep(cfg, args, args.widths, geometric_lrs(*args.lr_range), args.parametrizations)
+    print(transfer_table([analyse(runs, p) for p in args.parametrizations]))
+    if args.out:
+        print(f"plot: {plot_sweep(runs, args.out / 'sweep.png')}")
+
+
+def cmd_transfer(args) -> None:
+    """Tune the LR at the config's base width, then train at its target width with it."""
+    cfg = load_config(args.config, args.set)
+    base = cfg.mup.base_width or cfg.model.width
+    tuned = analyse(_sweep(cfg, args, [base], geometric_lrs(*args.lr_range), [cfg.mup.parametrization]),
+                    cfg.mup.parametrization).best_lr[base]
+    target = _sweep(cfg, args, [cfg.model.width], [tuned], [cfg.mup.parametrization])
+    print(f"best LR at base width {base}: {tuned:.4g}; at width {cfg.model.width} with it: "
+          f"validation loss {target[0].val_loss:.4f}")
+
+
+def cmd_coord_check(args) -> None:
+    cfg = load_config(args.config, args.set)
+    task = task_from(cfg)
+    check = coord_check(build_factory(cfg), args.widths, next(task.batches(0)), loss_fn=task.loss,
+                        steps=args.steps, optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr)
+    print(check)
+    if args.out:
+        print(f"plot: {check.plot(args.out / 'coord_check.png')}")
+    if not check.ok:
+        sys.exit(1)
+
+
+def cmd_demo(args) -> None:
+    from .demo import main as demo
+
+    demo(args.rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ezmup-plus", description="muP for any PyTorch model factory")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, help_text, config=True):
+        p = commands.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument("config", help="YAML config (see configs/)")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="dotted override, e.g. --set model.width=1024 (repeatable)")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("inspect", cmd_inspect, "print the per-tensor plan: symbolic shapes, roles, multipliers")
+    p = command("train", cmd_train, "train a config; loss log (CSV, JSON) and checkpoint in --out")
+    p.add_argument("--out", type=Path, default=None)
+    for name, fn, text in (("sweep", cmd_sweep, "LR sweep over widths: best LR per width, drift, regret"),
+                           ("transfer", cmd_transfer, "tune the LR at the base width, train at the target with it")):
+        p = command(name, fn, text)
+        p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
+        p.add_argument("--lr-range", type=float, nargs=2, default=[2**-12, 2**-4], metavar=("LOW", "HIGH"))
+        p.add_argument("--seeds", type=int, nargs="+", default=[0])
+        p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"])
+        p.add_argument("--out", type=Path, default=None)
+    p = command("coord-check", cmd_coord_check, "activation RMS vs width after a few steps; exit 1 on failure")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None)
+    p = command("demo", cmd_demo, "the muTransfer demonstration on sklearn's digits (no download)", config=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the demo (see 'demo -- --help')")
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as exc:
+        parser.exit(2, f"ezmup-plus: config error: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()
