@@ -17,7 +17,7 @@ from ezmup_plus.models.gpt import GPT
 
 PRESETS = {
     "smoke": dict(depths=[2, 4], lrs=geometric_lrs(2**-9, 2**-5), steps=20, block=32, batch=8),
-    "cpu": dict(depths=[2, 4, 8, 16], lrs=geometric_lrs(2**-12, 2**-4), steps=300, block=64, batch=16),
+    "cpu": dict(depths=[2, 4, 8, 16], lrs=geometric_lrs(2**-11, 2**-4), steps=200, block=32, batch=16),
     "full": dict(depths=[2, 4, 8, 16, 32, 64], lrs=geometric_lrs(2**-14, 2**-4, 2), steps=5000, block=256,
                  batch=64),
 }
@@ -30,7 +30,7 @@ def gpt(width: int, depth: int, vocab_size: int, block_size: int) -> GPT:
 
 def main() -> None:
     preset, cfg, args = parse_preset(__doc__.splitlines()[0], PRESETS)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     train_ids, val_ids, vocab = load_shakespeare_chars(DATA / "tinyshakespeare.txt")
     val = next(lm_batches(val_ids, cfg["block"], 64, seed=1234))
     factories = {p: ezp.wrap(gpt, base_width=64, base_depth=2, width_multiple=8, parametrization=p,

@@ -30,6 +30,8 @@ def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
         return (torch.randint(0, first.num_embeddings, (2, 8), device="meta"),)
     if isinstance(first, nn.Linear):
         return (torch.randn(2, first.in_features, device="meta"),)
+    if isinstance(first, nn.Conv2d):
+        return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
     raise ValueError(
         f"cannot guess an input for a model whose first layer is {type(first).__name__}: pass "
         "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap"

@@ -9,19 +9,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import warnings
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import sympy
 import torch
 from torch import nn
 
 from . import rules
 from .plan import MupPlan, make_plan
 from .roles import Role, classify
+from .usage import SCALE_ATTR, attention_head_dims
 from .branches import branches_from_globs, find_branches
+from .shapes import fit_dim, scales
 from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
 
 PLAN_ATTR = "_ezmup_plan"
+ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
 
 
 class OutputScale:
@@ -82,6 +87,15 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
                 raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
             p.mul_(t.init_std / current)
     modules = dict(model.named_modules())
+    for module_name, factor in plan.attention.items():
+        module = modules[module_name]
+        if not isinstance(getattr(module, SCALE_ATTR, None), float):
+            raise ValueError(
+                f"{module_name} computes attention with a head dim that grows with the width, so muP scales its "
+                f"logits by 1/d; it has no float '{SCALE_ATTR}' attribute to adjust. Give it one (passed as "
+                "scale= to scaled_dot_product_attention), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)"
+            )
+        setattr(module, SCALE_ATTR, getattr(module, SCALE_ATTR) * factor)
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
     setattr(model, PLAN_ATTR, plan)
@@ -133,9 +147,12 @@ class MupFactory:
         roles: Mapping[str, str] | None = None,
         branches: Sequence[str] | None = None,
         example_inputs: Any = None,
+        attn_scale: str = "auto",
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
+        if attn_scale not in ATTN_SCALES:
+            raise ValueError(f"attn_scale={attn_scale!r} is unknown; choose one of {ATTN_SCALES}")
         rules.depth_alpha(parametrization, depth_alpha)  # validates the exponent now, not at first use
         if base_width % width_multiple:
             raise ValueError(f"base_width={base_width} is not a multiple of width_multiple={width_multiple}")
@@ -154,6 +171,7 @@ class MupFactory:
         self.role_overrides = dict(roles or {})
         self.branch_globs = tuple(branches) if branches is not None else None
         self.example_inputs = example_inputs
+        self.attn_scale = attn_scale
         self.fixed_kwargs = fixed_kwargs
 
     def kwargs(self, width: int, depth: int | None = None) -> dict[str, Any]:
@@ -190,6 +208,30 @@ class MupFactory:
         return find_branches(model, self.table, self.example_inputs)
 
     @cached_property
+    def attention(self) -> dict[str, sympy.Expr]:
+        """Attention modules (templates) whose head dim grows with the width -> that head dim in ``w``.
+
+        Empty under ``attn_scale="1/sqrt(d)"`` or SP: their logits keep the factory's scale.
+        """
+        if self.attn_scale == "1/sqrt(d)" or self.parametrization == "sp":
+            return {}
+        widths = [p * self.width_multiple for p in self.sentinels]
+        try:
+            traces = [attention_head_dims(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs)
+                      for w in widths]
+        except (RuntimeError, ValueError) as exc:
+            if self.example_inputs is not None:
+                raise
+            warnings.warn(f"attention was not traced, so its logits keep 1/sqrt(d_head): {exc}", stacklevel=2)
+            return {}
+        found = {}
+        for name in traces[0]:
+            head_dim = fit_dim(widths, [t[name] for t in traces])
+            if scales(head_dim):
+                found[self.table.template(name)] = head_dim
+        return found
+
+    @cached_property
     def base_stds(self) -> dict[str, float | None]:
         """The factory's own init at base width and depth, pooled over throwaway CPU builds; the RNG is left as it was."""
         kwargs = self.kwargs(self.base_width)
@@ -223,7 +265,7 @@ class MupFactory:
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
     return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
                      parametrization=f.parametrization, family=family, depth_alpha=f.depth_alpha,
-                     branches=f.branches)
+                     branches=f.branches, attention=f.attention)
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

@@ -51,6 +51,7 @@ class MupPlan:
     family: str
     tensors: dict[str, TensorPlan]
     multipliers: dict[str, float] = field(default_factory=dict)  # module name -> output multiplier
+    attention: dict[str, float] = field(default_factory=dict)  # module name -> factor on its logit scale
     depth: int | None = None
     base_depth: int | None = None
     depth_alpha: float | None = None
@@ -95,12 +96,15 @@ class MupPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        lines += [f"attention logits of {m}: x {v:.4g} (1/d_head instead of 1/sqrt(d_head))"
+                  for m, v in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """Plain types only (sympy shapes as strings), for YAML/JSON."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
         out["multipliers"] = dict(self.multipliers)
+        out["attention"] = dict(self.attention)
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
 
@@ -150,11 +154,13 @@ def make_plan(
     family: str = "adam",
     depth_alpha: float | None = None,
     branches: Mapping[str, str] | None = None,
+    attention: Mapping[str, sympy.Expr] | None = None,
 ) -> MupPlan:
     """Combine shapes, roles, rules and the factory's base init into per-tensor numbers.
 
     ``branches`` maps residual-branch module templates (``blocks.{i}.attn.c_proj``) to ``"fold"``
     or ``"hook"``: the branch multiplier m_L^-alpha goes into init and LR, or into a forward hook.
+    ``attention`` maps attention modules to their head dim in ``w``: logits get sqrt(d_base/d).
     """
     rules.check_parametrization(parametrization)
     if depth is not None and table.depth is None:
@@ -213,8 +219,20 @@ def make_plan(
             fold=fold,
             source=role.source,
         )
+    logit_factors = {}
+    for template, head_dim in (attention or {}).items():
+        factor = math.sqrt(evaluate(head_dim, base_width, what=template) / evaluate(head_dim, width, what=template))
+        logit_factors.update({name: factor for name in module_names(table, template, depth) if factor != 1.0})
     return MupPlan(width, base_width, parametrization, family, tensors,
-                   {k: v for k, v in multipliers.items() if v != 1.0}, depth, table.depth, alpha)
+                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
+
+
+def module_names(table: ShapeTable, template: str, depth: int | None) -> list[str]:
+    """A module template (``blocks.{i}.attn``) as the concrete names at ``depth``."""
+    for stack in table.stacks:
+        if template.startswith(stack.template):
+            return [stack.block(i) + template[len(stack.template):] for i in range(stack.count(depth))]
+    return [template]
 
 
 def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:

@@ -52,6 +52,9 @@ def convention_fan_in(p: ParamShape) -> tuple[tuple[int, ...], bool]:
         return (0, *range(2, ndim)), False
     if p.module_type in LINEAR_TYPES | CONV_TYPES:
         return tuple(range(1, ndim)), False
+    if len(p.scaled_dims) == 1:
+        # a bare table with one width dim (a learned position table, a class token): embedding-like
+        return tuple(i for i in range(ndim) if i not in p.scaled_dims), True
     return tuple(range(1, ndim)), True
 
 
@@ -76,8 +79,8 @@ def classify(table: ShapeTable, overrides: Mapping[str, str] | None = None) -> d
         fan_in_dims, guessed = convention_fan_in(p)
         if guessed and p.scaled_dims:
             warnings.warn(
-                f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module; assuming PyTorch's "
-                f"(out, in, ...) layout with fan-in dims {fan_in_dims}. Pass roles={{'{name}': ...}} to wrap if wrong",
+                f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module, used in no known layer; "
+                f"taking dims {fan_in_dims} as its fan-in. Pass roles={{'{name}': ...}} to wrap if that is wrong",
                 stacklevel=3,
             )
         roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, _tied_readout(p, table))

@@ -298,6 +298,9 @@ def test_width_that_breaks_divisibility():
             self.a = nn.Linear(8, width)
             self.b = nn.Linear(width, width // 2)
 
+        def forward(self, x):
+            return self.b(self.a(x))
+
     g = ezp.wrap(Halves, base_width=64, width_multiple=2)
     with pytest.raises(ValueError, match=r"b.weight: dim w/2 is 129/2 at width 129"):
         g.plan(width=129)

@@ -32,6 +32,7 @@ class Attention(nn.Module):
     def __init__(self, width: int, n_head: int):
         super().__init__()
         self.n_head = n_head
+        self.scaling = (width // n_head) ** -0.5  # the logit scale, an attribute as in Hugging Face models
         self.c_attn = nn.Linear(width, 3 * width)
         self.c_proj = nn.Linear(width, width)
 
@@ -39,7 +40,7 @@ class Attention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
 
 

@@ -22,3 +22,22 @@ def llama(width: int, depth: int = 2, vocab_size: int = 65, max_position_embeddi
                                         num_attention_heads=n_head, num_key_value_heads=n_kv_head,
                                         vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
                                         bos_token_id=0, eos_token_id=0, pad_token_id=0))
+
+
+def bert(width: int, depth: int = 2, vocab_size: int = 65, max_position_embeddings: int = 64, n_head: int = 4) -> nn.Module:
+    """BERT encoder: post-LN blocks, token-type embeddings, 4w intermediate."""
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=n_head,
+                                intermediate_size=4 * width, vocab_size=vocab_size,
+                                max_position_embeddings=max_position_embeddings), add_pooling_layer=False)
+
+
+def vit(width: int, depth: int = 2, image_size: int = 16, patch_size: int = 4, num_labels: int = 10,
+        n_head: int = 4) -> nn.Module:
+    """A small ViT classifier (patch-embedding convolution, pre-LN blocks, classification head)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification(ViTConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=n_head,
+                                               intermediate_size=4 * width, image_size=image_size,
+                                               patch_size=patch_size, num_labels=num_labels))

@@ -1,0 +1,207 @@
+"""Real models nobody here wrote (Hugging Face GPT-2, Llama, BERT, ViT) and a CNN: roles by name,
+bit-identity at base, tied readouts, 1/d attention, and the coordinate check from base to 4x base."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ezmup_plus as ezp
+from ezmup_plus.data import lm_loss
+from ezmup_plus.diagnostics import coord_check
+from ezmup_plus.models import hf
+from ezmup_plus.models.cnn import CNN
+from ezmup_plus.models.gpt import GPT
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+TOKENS = torch.randint(0, 65, (8, 17), generator=torch.Generator().manual_seed(0))
+IMAGES = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def same_parameters(a, b):
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def block_outputs_flat(factory, widths, data, loss_fn, pattern):
+    """Each block output's activation RMS after 3 Adam steps stays within a factor 1.5 over the widths."""
+    check = coord_check(factory, widths, data, loss_fn=loss_fn, steps=3, lr=1e-2,
+                        modules=lambda name, m: pattern(name))
+    assert check.modules, "no block was watched"
+    for module in check.modules:
+        rms = [r.rms for r in check.rows if r.module == module and r.step == 3]
+        assert max(rms) / min(rms) < 1.5, (module, rms)
+    return check
+
+
+def causal_lm_loss(out, y):
+    return lm_loss(out.logits, y)
+
+
+# --- GPT-2: Conv1D stored (in, out), tied embedding and readout ----------------------------------
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return ezp.wrap(hf.gpt2, base_width=32, width_multiple=4)
+
+
+def test_gpt2_roles_tied_readout_and_attention(gpt2):
+    plan = gpt2.plan(width=128)
+    c_attn = plan["transformer.h.0.attn.c_attn.weight"]
+    assert str(c_attn.shape_expr) == "(w, 3*w)" and str(c_attn.fan_in) == "w" and c_attn.role == "hidden"
+    assert plan["transformer.wte.weight"].role == "input" and plan["transformer.wpe.weight"].role == "input"
+    assert "lm_head.weight" not in plan.tensors  # tied: one tensor, planned as the embedding
+    assert plan.multipliers == {"lm_head": pytest.approx(1 / 4)}
+    assert plan["transformer.wte.weight"].lr_mult == 1.0 and plan["transformer.wte.weight"].multiplier == 0.25
+    assert plan.attention == {"transformer.h.0.attn": pytest.approx(0.5), "transformer.h.1.attn": pytest.approx(0.5)}
+    model = gpt2(width=128)
+    # head dim 32 at width 128, 8 at base 32: 1/d relative to base is sqrt(8)/32
+    assert model.transformer.h[1].attn.scaling == pytest.approx(8**0.5 / 32)
+
+
+def test_gpt2_base_is_bit_identical(gpt2):
+    torch.manual_seed(0)
+    ours = gpt2(width=32)
+    torch.manual_seed(0)
+    assert same_parameters(ours, hf.gpt2(32))
+    assert ours.transformer.h[0].attn.scaling == 8**-0.5
+
+
+def test_gpt2_coordinate_check(gpt2):
+    block_outputs_flat(gpt2, [32, 64, 128], (TOKENS[:, :-1], TOKENS[:, 1:]), causal_lm_loss,
+                       lambda n: n.startswith("transformer.h.") and n.count(".") == 2)
+
+
+# --- Llama: RMSNorm, SwiGLU, grouped-query attention ------------------------------------------
+
+def test_llama_roles_base_and_coordinate_check():
+    f = ezp.wrap(hf.llama, base_width=32, width_multiple=8)
+    plan = f.plan(width=128)
+    assert str(plan["model.layers.0.self_attn.k_proj.weight"].shape_expr) == "(w/2, w)"
+    assert plan["model.layers.0.self_attn.k_proj.weight"].role == "hidden"
+    assert plan["model.layers.0.mlp.gate_proj.weight"].role == "hidden"
+    assert plan["model.layers.0.input_layernorm.weight"].role == "vector"
+    assert plan["model.embed_tokens.weight"].role == "input" and plan["lm_head.weight"].role == "output"
+    assert plan.attention["model.layers.0.self_attn"] == pytest.approx(0.5)
+    torch.manual_seed(0)
+    ours = f(width=32)
+    torch.manual_seed(0)
+    assert same_parameters(ours, hf.llama(32))
+    block_outputs_flat(f, [32, 64, 128], (TOKENS[:, :-1], TOKENS[:, 1:]), causal_lm_loss,
+                       lambda n: n.startswith("model.layers.") and n.count(".") == 2)
+
+
+# --- BERT: post-LN encoder with token-type embeddings -------------------------------------------
+
+def test_bert_roles_base_and_coordinate_check():
+    f = ezp.wrap(hf.bert, base_width=32, width_multiple=4)
+    plan = f.plan(width=128)
+    assert plan["embeddings.token_type_embeddings.weight"].role == "input"
+    assert plan["encoder.layer.0.intermediate.dense.weight"].role == "hidden"
+    assert plan["embeddings.LayerNorm.weight"].role == "vector"
+    torch.manual_seed(0)
+    ours = f(width=32)
+    torch.manual_seed(0)
+    assert same_parameters(ours, hf.bert(32))
+    block_outputs_flat(f, [32, 64, 128], (TOKENS, None), lambda out, _: out.last_hidden_state[:, 0].sum(-1).pow(2).mean(),
+                       lambda n: n.startswith("encoder.layer.") and n.count(".") == 2)
+
+
+# --- ViT from transformers (timm needs torchvision, which cannot load here) -----------------------
+
+def test_vit_roles_base_and_coordinate_check():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cls token and position table: bare tensors, reported as guesses
+        f = ezp.wrap(hf.vit, base_width=32, width_multiple=4, example_inputs=lambda: (IMAGES[:2].to("meta"),))
+        plan = f.plan(width=128)
+    assert plan["vit.embeddings.cls_token"].role == "input"
+    assert plan["vit.embeddings.position_embeddings"].role == "input"
+    assert plan["vit.embeddings.patch_embeddings.projection.weight"].role == "input"
+    assert plan["classifier.weight"].role == "output"
+    torch.manual_seed(0)
+    ours = f(width=32)
+    torch.manual_seed(0)
+    assert same_parameters(ours, hf.vit(32))
+    labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    block_outputs_flat(f, [32, 64, 128], (IMAGES, labels), lambda out, y: nn.functional.cross_entropy(out.logits, y),
+                       lambda n: n.startswith("vit.layers.") and n.count(".") == 2)
+
+
+# --- CNN: channels scale, kernels are finite -------------------------------------------------------
+
+def test_cnn_roles_and_coordinate_check():
+    f = ezp.wrap(CNN, base_width=8)
+    plan = f.plan(width=32)
+    conv = plan["features.2.weight"]
+    assert str(conv.shape_expr) == "(2*w, w, 3, 3)" and str(conv.fan_in) == "9*w" and conv.role == "hidden"
+    assert plan["features.0.weight"].role == "input" and plan["head.weight"].role == "output"
+    assert conv.lr_mult == pytest.approx(1 / 4)
+    labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    check = coord_check(f, [8, 32, 128], (IMAGES, labels), loss_fn=nn.functional.cross_entropy, lr=1e-2)
+    assert check.ok, str(check)
+    assert not coord_check(CNN, [8, 32, 128], (IMAGES, labels), loss_fn=nn.functional.cross_entropy, lr=1e-2).ok
+
+
+# --- attention and tied weights on models written here ------------------------------------------
+
+def test_attention_scale_is_relative_to_base_and_can_be_turned_off():
+    f = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1)
+    assert f(width=32).blocks[0].attn.scaling == 8**-0.5  # base unchanged
+    assert f(width=128).blocks[0].attn.scaling == pytest.approx(8**0.5 / 32)  # sqrt(d_base) / d
+    off = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1, attn_scale="1/sqrt(d)")
+    assert off(width=128).blocks[0].attn.scaling == pytest.approx(32**-0.5)
+    heads_grow = ezp.wrap(lambda width: GPT(width, depth=1, n_head=width // 8), base_width=32, width_multiple=8)
+    assert heads_grow.plan(width=128).attention == {}  # fixed head dim: nothing changes
+    with pytest.raises(ValueError, match="attn_scale='1/e' is unknown"):
+        ezp.wrap(GPT, base_width=32, attn_scale="1/e")
+
+
+def test_attention_without_a_scale_attribute_is_an_error():
+    class Bare(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.emb = nn.Embedding(10, width)
+            self.qkv = nn.Linear(width, 3 * width)
+
+        def forward(self, idx):
+            q, k, v = self.qkv(self.emb(idx)).unsqueeze(1).chunk(3, dim=-1)
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    with pytest.raises(ValueError, match="has no float 'scaling' attribute"):
+        ezp.wrap(Bare, base_width=32)(width=64)
+
+
+class TiedLM(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.emb = nn.Embedding(16, width)
+        self.hidden = nn.Linear(width, width)
+        self.head = nn.Linear(width, 16, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, idx):
+        return self.head(torch.relu(self.hidden(self.emb(idx))))
+
+
+def test_tied_readout_steps_equal_a_hand_written_reference():
+    """TP5 Table 8: the tied table keeps the embedding's init and LR; the logits are multiplied by 1/m_w."""
+    f = ezp.wrap(TiedLM, base_width=32)
+    torch.manual_seed(0)
+    model = f(width=128)  # m_w = 4
+    ref = TiedLM(128)
+    ref.load_state_dict(model.state_dict())
+    lr = 1e-2
+    ref_opt = torch.optim.Adam([{"params": [ref.emb.weight, ref.hidden.bias], "lr": lr},
+                                {"params": [ref.hidden.weight], "lr": lr / 4, "eps": 1e-8 / 4}], lr=lr)
+    opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adam")
+    idx = torch.randint(0, 16, (8, 5), generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        for net, o, scale in ((model, opt, 1.0), (ref, ref_opt, 0.25)):
+            o.zero_grad()
+            nn.functional.cross_entropy((scale * net(idx)).flatten(0, 1), idx.flatten()).backward()
+            o.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), 0.25 * ref(idx))
