@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .build import find_plan
+from .hybrid import MuonHybrid
 from .plan import MupPlan
+from .rules import FAMILIES, check_family
 
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], str]] = {
     "adam": (torch.optim.Adam, "adam"),
     "adamw": (torch.optim.AdamW, "adam"),
+    "adamax": (torch.optim.Adamax, "adam"),
+    "nadam": (torch.optim.NAdam, "adam"),
+    "radam": (torch.optim.RAdam, "adam"),
     "sgd": (torch.optim.SGD, "sgd"),
+    "adafactor": (torch.optim.Adafactor, "adafactor"),
+    "muon": (MuonHybrid, "orthogonal"),
+    "muon_rms": (MuonHybrid, "orthogonal_rms"),
 }
 """Optimizer name -> (class, rules family). Extend with :func:`register_optimizer`."""
 
@@ -28,9 +36,10 @@ WD_MODES = ("independent", "coupled")
 
 
 def register_optimizer(name: str, cls: type[torch.optim.Optimizer], *, family: str) -> None:
-    """Make ``get_mup_optimizer(model, optimizer=name)`` (or ``optimizer=cls``) use ``family``'s rules."""
-    from .rules import check_family
+    """Make ``get_mup_optimizer(model, optimizer=name)`` (or ``optimizer=cls``) use ``family``'s rules.
 
+    E.g. ``register_optimizer("lion", Lion, family="sign")``; the families are ``rules.FAMILIES``.
+    """
     check_family(family)
     OPTIMIZERS[name.lower()] = (cls, family)
 
@@ -45,14 +54,14 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> tuple[typ
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"optimizer={optimizer!r} is unknown.{hint} Known: {sorted(OPTIMIZERS)}. Add your own with "
-            "ezmup_plus.register_optimizer(name, cls, family=...)"
+            f"ezmup_plus.register_optimizer(name, cls, family=...), family one of {sorted(FAMILIES)}"
         )
     for cls, family in OPTIMIZERS.values():
         if optimizer is cls:
             return cls, family
     raise ValueError(
         f"optimizer class {getattr(optimizer, '__name__', optimizer)} has no registered muP family; call "
-        "ezmup_plus.register_optimizer(name, cls, family=...) first"
+        f"ezmup_plus.register_optimizer(name, cls, family=...) first, family one of {sorted(FAMILIES)}"
     )
 
 
@@ -63,6 +72,7 @@ def get_mup_optimizer(
     weight_decay: float = 0.0,
     *,
     width: int | None = None,
+    depth: int | None = None,
     wd_mode: str = "independent",
     eps_mode: str = "scaled",
     **opt_kwargs: Any,
@@ -72,34 +82,49 @@ def get_mup_optimizer(
     ``wd_mode="independent"`` keeps the per-step decay lr*wd of every tensor equal to the base
     model's, so weight decay transfers; ``"coupled"`` is PyTorch's lr*wd with the LR multiplier in it.
     ``eps_mode="scaled"`` scales Adam's eps with the gradient size, ``"fixed"`` leaves it alone.
+    ``optimizer="muon"`` (or ``"muon_rms"``) gives Muon on hidden matrices and AdamW elsewhere, as one optimizer.
     """
     cls, family = resolve_optimizer(optimizer)
     if wd_mode not in WD_MODES:
         raise ValueError(f"wd_mode={wd_mode!r} is unknown; choose one of {WD_MODES}")
     if eps_mode not in ("scaled", "fixed"):
         raise ValueError(f"eps_mode={eps_mode!r} is unknown; choose 'scaled' or 'fixed'")
-    plan = _plan_for(model, width)
-    groups = param_groups(model, plan.for_family(family), lr=lr, weight_decay=weight_decay, cls=cls,
-                          wd_mode=wd_mode, eps_mode=eps_mode, eps=opt_kwargs.pop("eps", None))
+    plan = _plan_for(model, width, depth)
+    settings = dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode, eps_mode=eps_mode)
+    if cls is MuonHybrid:
+        # Muon takes the hidden matrices; embeddings, readout, biases, gains and kernels stay on AdamW
+        is_muon = {t.name for t in plan if t.role == "hidden" and len(t.shape) == 2}.__contains__
+        adamw_kwargs = {k: opt_kwargs.pop(k) for k in ("betas", "eps", "foreach", "fused") if k in opt_kwargs}
+        return MuonHybrid(
+            param_groups(model, plan.for_family(family), cls=torch.optim.Muon, select=is_muon, **settings),
+            param_groups(model, plan.for_family("adam"), cls=torch.optim.AdamW, eps=adamw_kwargs.pop("eps", None),
+                         select=lambda name: not is_muon(name), **settings),
+            lr=lr, muon_kwargs={"weight_decay": weight_decay, **opt_kwargs},
+            adamw_kwargs={"weight_decay": weight_decay, **adamw_kwargs},
+        )
+    groups = param_groups(model, plan.for_family(family), cls=cls, eps=opt_kwargs.pop("eps", None), **settings)
     return cls(groups, lr=lr, weight_decay=weight_decay, **opt_kwargs)
 
 
-def _plan_for(model: nn.Module, width: int | None) -> MupPlan:
+def _plan_for(model: nn.Module, width: int | None, depth: int | None) -> MupPlan:
     plan = find_plan(model)
-    if width is not None:
-        if plan is not None and plan.width != width:
-            raise ValueError(f"the model already carries a plan for width {plan.width}; got width={width}")
-        if plan is None:
-            from .inplace import rescale_in_place
-
-            plan = rescale_in_place(model, width)
-    if plan is None:
+    if plan is not None:
+        for name, asked, built in (("width", width, plan.width), ("depth", depth, plan.depth)):
+            if asked is not None and asked != built:
+                raise ValueError(f"the model already carries a plan for {name} {built}; got {name}={asked}")
+        return plan
+    if depth is not None:
+        raise ValueError("depth cannot be changed in place (it would add blocks): build the model with "
+                         "ezmup_plus.wrap(factory, base_width=..., base_depth=...)(width=..., depth=...)")
+    if width is None:
         raise ValueError(
             f"this {type(model).__name__} carries no muP plan and no width was given: build it with "
             "ezmup_plus.wrap(factory, base_width=...)(width=...), or build it at the sentinel width (47) and pass "
             "width=... here. ezmup_plus never silently falls back to standard parametrization"
         )
-    return plan
+    from .inplace import rescale_in_place
+
+    return rescale_in_place(model, width)
 
 
 def param_groups(
@@ -112,14 +137,18 @@ def param_groups(
     wd_mode: str = "independent",
     eps_mode: str = "scaled",
     eps: float | None = None,
+    select: Callable[[str], bool] = lambda name: True,
 ) -> list[dict[str, Any]]:
-    """One group per distinct (lr, wd, eps) multiplier triple, in parameter order."""
-    has_eps = "eps" in inspect.signature(cls.__init__).parameters
-    if eps is None and has_eps:
-        eps = inspect.signature(cls.__init__).parameters["eps"].default
+    """One group per distinct (lr, wd, eps) multiplier triple, in parameter order.
+
+    eps is set per group only for optimizers whose eps is one number (not Adafactor's pair).
+    """
+    default_eps = inspect.signature(cls.__init__).parameters.get("eps")
+    scales_eps = default_eps is not None and isinstance(default_eps.default, float)
+    eps = default_eps.default if eps is None and scales_eps else eps
     groups: dict[tuple[float, float, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or not select(name):
             continue
         if name not in plan.tensors:
             raise ValueError(f"{name} is not in the model's muP plan; was the model changed after it was built?")
@@ -130,7 +159,7 @@ def param_groups(
         if key not in groups:
             group = {"params": [], "param_names": [], "lr": lr * t.lr_mult, "lr_mult": t.lr_mult,
                      "weight_decay": weight_decay * wd_mult}
-            if has_eps:
+            if scales_eps:
                 group["eps"] = eps * eps_mult
             groups[key] = group
         groups[key]["params"].append(p)

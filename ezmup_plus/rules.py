@@ -10,12 +10,47 @@ Bernstein 2023), depth-muP (TP VI, alpha=1/2) and CompleteP (alpha=1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 ROLES = ("input", "hidden", "output", "vector", "finite")
 PARAMETRIZATIONS = ("sp", "mup", "spectral", "depth_mup", "completep")
 DEPTH_ALPHA = {"depth_mup": 0.5, "completep": 1.0}
-FAMILIES = ("adam", "sgd")
+Exponents = tuple[float, float]  # a factor m_in**a * m_out**b
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one optimizer family's step scales, as exponents; roles not listed get x1.
+
+    ``lr``/``eps``/``wd``: per role, width exponents (a, b) of m_in**a * m_out**b.
+    ``depth_lr``/``depth_eps``: (c0, c1) of m_L**(c0 + c1*alpha) inside the repeated blocks.
+    ``fold_lr``: how LR follows a forward multiplier A folded into the weights (A**fold_lr).
+    """
+
+    lr: dict[str, Exponents]
+    eps: dict[str, Exponents] = field(default_factory=dict)
+    wd: dict[str, Exponents] = field(default_factory=dict)
+    depth_lr: tuple[float, float] = (-1.0, 1.0)
+    depth_eps: tuple[float, float] = (0.0, 0.0)
+    fold_lr: float = 1.0
+
+
+_ADAM_LR = {"hidden": (-1.0, 0.0), "output": (-1.0, 0.0)}
+FAMILIES: dict[str, Family] = {
+    # normalised updates (entries Theta(1)): LR ~ 1/fan_in; eps follows the gradient's size
+    "adam": Family(lr=_ADAM_LR, eps={"hidden": (-1.0, 0.0)}, depth_eps=(0.0, -1.0)),
+    # sign updates (Lion, SignSGD): Adam's scaling, no eps
+    "sign": Family(lr=_ADAM_LR),
+    # plain gradient steps: LR ~ fan_out/fan_in (TP5 Table 3, spectral form)
+    "sgd": Family(lr={"input": (0.0, 1.0), "hidden": (-1.0, 1.0), "output": (-1.0, 0.0), "vector": (0.0, 1.0)},
+                  depth_lr=(-1.0, 2.0), fold_lr=2.0),
+    # torch.optim.Adafactor: relative step, the update is scaled by RMS(W), which muP init already shrinks
+    "adafactor": Family(lr={"hidden": (-0.5, 0.0)}, fold_lr=0.0),
+    # Muon, torch's default adjustment: orthogonal update, spectral norm kept at sqrt(fan_out/fan_in)
+    "orthogonal": Family(lr={"hidden": (-0.5, 0.5)}),
+    # Muon with Moonlight's RMS matching 0.2*sqrt(max(A, B)): undo its sqrt(width) growth
+    "orthogonal_rms": Family(lr={"hidden": (-0.5, 0.0)}, wd={"hidden": (0.5, 0.0)}),
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +87,7 @@ def check_parametrization(parametrization: str) -> None:
 
 def check_family(family: str) -> None:
     if family not in FAMILIES:
-        raise ValueError(f"optimizer family {family!r} is unknown; choose one of {FAMILIES}")
+        raise ValueError(f"optimizer family {family!r} is unknown; choose one of {sorted(FAMILIES)}")
 
 
 def depth_alpha(parametrization: str, alpha: float | None = None) -> float | None:
@@ -70,30 +105,27 @@ def depth_alpha(parametrization: str, alpha: float | None = None) -> float | Non
     return alpha
 
 
+def _factor(exponents: dict[str, Exponents], t: TensorScale) -> float:
+    a, b = exponents.get(t.role, (0.0, 0.0))
+    return t.m_in**a * t.m_out**b
+
+
 def width_scaling(family: str, t: TensorScale) -> Scaling:
     """muP in width (TP5 Table 3 / 8), folded form: no forward multipliers needed."""
+    check_family(family)
+    f = FAMILIES[family]
     init = {"input": 1.0, "hidden": t.m_in**-0.5, "output": 1.0 / t.m_in}.get(t.role, 1.0)
-    if family == "adam":
-        lr = {"hidden": 1.0 / t.m_in, "output": 1.0 / t.m_in}.get(t.role, 1.0)
-        eps = 1.0 / t.m_in if t.role == "hidden" else 1.0
-        return Scaling(init=init, lr=lr, eps=eps)
-    if family == "sgd":
-        # spectral form: an update of spectral norm sqrt(fan_out/fan_in) needs LR ~ fan_out/fan_in
-        lr = {"input": t.m_out, "hidden": t.m_out / t.m_in, "output": 1.0 / t.m_in, "vector": t.m_out}.get(t.role, 1.0)
-        return Scaling(init=init, lr=lr)
-    raise ValueError(f"optimizer family {family!r} is unknown; choose one of {FAMILIES}")
+    return Scaling(init=init, lr=_factor(f.lr, t), eps=_factor(f.eps, t), wd=_factor(f.wd, t))
 
 
 def depth_scaling(family: str, t: TensorScale, alpha: float) -> Scaling:
     """Extra factors for tensors inside the depth-repeated stack (branch multiplier m_L^-alpha)."""
+    check_family(family)
     if not t.in_block or t.role == "finite":
         return Scaling()
-    m = t.m_depth
-    if family == "adam":
-        return Scaling(lr=m ** (alpha - 1.0), eps=m**-alpha)
-    if family == "sgd":
-        return Scaling(lr=m ** (2.0 * alpha - 1.0))
-    raise ValueError(f"optimizer family {family!r} is unknown; choose one of {FAMILIES}")
+    f = FAMILIES[family]
+    return Scaling(lr=t.m_depth ** (f.depth_lr[0] + f.depth_lr[1] * alpha),
+                   eps=t.m_depth ** (f.depth_eps[0] + f.depth_eps[1] * alpha))
 
 
 def scaling(parametrization: str, family: str, t: TensorScale, alpha: float | None = None) -> Scaling:
@@ -122,13 +154,8 @@ def spectral_std(fan_in: int, fan_out: int) -> float:
 def fold(family: str, s: Scaling, multiplier: float) -> Scaling:
     """Move a forward multiplier A into the tensor: same function and same training trajectory.
 
-    Adam: W' = A W, so init x A, LR x A, eps / A.  SGD: init x A, LR x A^2.
+    W' = A W, so init x A; LR x A**fold_lr (Adam-like A, SGD A^2, relative-step Adafactor 1); eps / A.
     """
-    if family == "adam":
-        return replace(s, init=s.init * multiplier, lr=s.lr * multiplier, eps=s.eps / multiplier,
-                       init_std=None if s.init_std is None else s.init_std * multiplier)
-    if family == "sgd":
-        return replace(s, init=s.init * multiplier, lr=s.lr * multiplier**2,
-                       init_std=None if s.init_std is None else s.init_std * multiplier)
-    raise ValueError(f"optimizer family {family!r} is unknown; choose one of {FAMILIES}")
-
+    check_family(family)
+    return replace(s, init=s.init * multiplier, lr=s.lr * multiplier ** FAMILIES[family].fold_lr,
+                   eps=s.eps / multiplier, init_std=None if s.init_std is None else s.init_std * multiplier)
