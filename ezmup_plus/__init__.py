@@ -3,7 +3,7 @@
 Maximal Update Parametrization (muP) in its spectral form, from a model factory you already have.
 """
 
-from .build import MupFactory, plan_of, wrap
+from .build import MupFactory, plan_of, rescale_init, wrap
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_config, load_config
 from .diagnostics import coord_check, lr_sweep
@@ -26,6 +26,7 @@ __all__ = [
     "lr_sweep",
     "plan_of",
     "register_optimizer",
+    "rescale_init",
     "save_checkpoint",
     "scale_config",
     "wrap",

@@ -67,7 +67,11 @@ def draws_needed(model: nn.Module, names: set[str], samples: int = 1 << 16, most
 
 
 def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
-    """Rescale init to the plan's stds, install forward multipliers, attach the plan. In place."""
+    """Rescale init to the plan's stds, set attention scales, install forward multipliers, attach the plan.
+
+    On the meta device there are no values to rescale: materialize the model, run its own init,
+    then call :func:`rescale_init`.
+    """
     params = dict(model.named_parameters())
     missing = sorted(set(plan.tensors) - set(params))
     extra = sorted(set(params) - set(plan.tensors))
@@ -75,17 +79,11 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
         raise ValueError(
             f"the model does not match its plan: in the plan only {missing[:5]}, in the model only {extra[:5]}"
         )
-    with torch.no_grad():
-        for t in plan:
-            p = params[t.name]
-            if tuple(p.shape) != t.shape:
-                raise ValueError(f"{t.name}: built with shape {tuple(p.shape)} but the plan expects {t.shape}")
-            if t.init_std is None or t.init_factor == 1.0:
-                continue
-            current = float(p.detach().float().std())
-            if current == 0.0:
-                raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
-            p.mul_(t.init_std / current)
+    for t in plan:
+        if tuple(params[t.name].shape) != t.shape:
+            raise ValueError(f"{t.name}: built with shape {tuple(params[t.name].shape)} but the plan expects {t.shape}")
+    if not any(p.is_meta for p in params.values()):
+        rescale_init(model, plan)
     modules = dict(model.named_modules())
     for module_name, factor in plan.attention.items():
         module = modules[module_name]
@@ -99,6 +97,25 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
     setattr(model, PLAN_ATTR, plan)
+    return model
+
+
+def rescale_init(model: nn.Module, plan: MupPlan | None = None) -> nn.Module:
+    """Bring freshly initialised parameters (the factory's own init at the target) to the plan's stds.
+
+    Statistics are taken in fp32 whatever the parameter dtype.
+    """
+    plan = plan_of(model) if plan is None else plan
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for t in plan:
+            if t.init_std is None or t.init_factor == 1.0:
+                continue
+            p = params[t.name]
+            current = float(p.detach().float().std())
+            if current == 0.0:
+                raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
+            p.mul_(t.init_std / current)
     return model
 
 

@@ -102,3 +102,18 @@ def test_device_argument_builds_directly_on_meta():
     f = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1)
     model = f(width=1024, device="meta")
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_materialized_from_meta_then_rescaled_matches_a_direct_build():
+    f = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1)
+    big = f(width=256, device="meta")
+    big.to_empty(device="cpu")
+    torch.manual_seed(0)
+    big.apply(GPT._init)  # the model's own init, as a deferred-init workflow would run it
+    ezp.rescale_init(big)
+    plan = ezp.plan_of(big)
+    rescaled = [t for t in plan if t.init_std is not None and t.init_factor != 1.0]
+    assert {t.role for t in rescaled} == {"hidden", "output"}
+    params = dict(big.named_parameters())
+    for t in rescaled:
+        assert float(params[t.name].detach().std()) == pytest.approx(t.init_std, rel=1e-4), t.name
