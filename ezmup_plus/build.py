@@ -131,14 +131,21 @@ def plan_of(model: nn.Module) -> MupPlan:
 
 
 def find_plan(model: nn.Module) -> MupPlan | None:
-    while True:
-        plan = model.__dict__.get(PLAN_ATTR)
-        if plan is not None:
-            return plan
+    planned = planned_module(model)
+    return None if planned is None else planned.__dict__[PLAN_ATTR]
+
+
+def planned_module(model: nn.Module) -> nn.Module | None:
+    """The module that carries the plan, inside DDP's ``.module`` or ``torch.compile``'s ``._orig_mod``.
+
+    Its parameter names are the plan's (DDP's wrapper would prefix them with ``module.``).
+    """
+    while PLAN_ATTR not in model.__dict__:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
             return None
         model = inner
+    return model
 
 
 class MupFactory:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .build import find_plan
+from .build import find_plan, planned_module
 from .hybrid import MuonHybrid
 from .plan import MupPlan
 from .rules import FAMILIES, check_family
@@ -90,6 +90,7 @@ def get_mup_optimizer(
     if eps_mode not in ("scaled", "fixed"):
         raise ValueError(f"eps_mode={eps_mode!r} is unknown; choose 'scaled' or 'fixed'")
     plan = _plan_for(model, width, depth)
+    model = planned_module(model)  # DDP and torch.compile wrappers rename parameters; the plan uses the inner names
     settings = dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode, eps_mode=eps_mode)
     if cls is MuonHybrid:
         # Muon takes the hidden matrices; embeddings, readout, biases, gains and kernels stay on AdamW
