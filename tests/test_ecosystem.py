@@ -9,25 +9,14 @@ from torch import nn
 
 import ezmup_plus as ezp
 from ezmup_plus.models.gpt import GPT
-
-
-class TiedLM(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.emb = nn.Embedding(32, width)
-        self.hidden = nn.Linear(width, width)
-        self.head = nn.Linear(width, 32, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, idx):
-        return self.head(torch.relu(self.hidden(self.emb(idx))))
+from tiny_models import TiedLM
 
 
 IDX = torch.randint(0, 32, (4, 8), generator=torch.Generator().manual_seed(0))
 
 
 def test_compile_matches_eager_with_multipliers_and_attention_scale():
-    tied = ezp.wrap(TiedLM, base_width=16)(width=64)  # a forward hook on the readout
+    tied = ezp.wrap(TiedLM, base_width=16, vocab=32)(width=64)  # a forward hook on the readout
     gpt = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1, vocab_size=32, block_size=8)(width=64)
     assert ezp.plan_of(tied).multipliers and ezp.plan_of(gpt).attention
     for model in (tied, gpt):
@@ -43,7 +32,7 @@ def test_compile_matches_eager_with_multipliers_and_attention_scale():
 
 
 def test_checkpoint_round_trip_continues_bit_identically(tmp_path):
-    f = ezp.wrap(TiedLM, base_width=16)
+    f = ezp.wrap(TiedLM, base_width=16, vocab=32)
 
     def train(model, opt, n):
         for _ in range(n):
@@ -66,7 +55,7 @@ def test_checkpoint_round_trip_continues_bit_identically(tmp_path):
     with pytest.raises(ValueError, match=r"another muP plan \(width: saved 64, model 128"):
         ezp.load_checkpoint(tmp_path / "ckpt.pt", f(width=128))
     with pytest.raises(ValueError, match=r"parametrization: saved mup, model sp"):
-        ezp.load_checkpoint(tmp_path / "ckpt.pt", ezp.wrap(TiedLM, base_width=16, parametrization="sp")(width=64))
+        ezp.load_checkpoint(tmp_path / "ckpt.pt", ezp.wrap(TiedLM, base_width=16, parametrization="sp", vocab=32)(width=64))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

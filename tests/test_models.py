@@ -13,6 +13,7 @@ from ezmup_plus.diagnostics import coord_check
 from ezmup_plus.models import hf
 from ezmup_plus.models.cnn import CNN
 from ezmup_plus.models.gpt import GPT
+from tiny_models import TiedLM
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -21,9 +22,13 @@ TOKENS = torch.randint(0, 65, (8, 17), generator=torch.Generator().manual_seed(0
 IMAGES = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
-def same_parameters(a, b):
-    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+def base_is_bit_identical(f, plain, width=32):
+    """Same seed, same parameters: at its base width the muP model is the factory's own."""
+    torch.manual_seed(0)
+    ours = dict(f(width=width).named_parameters())
+    torch.manual_seed(0)
+    theirs = dict(plain(width).named_parameters())
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def block_outputs_flat(factory, widths, data, loss_fn, pattern):
@@ -63,11 +68,8 @@ def test_gpt2_roles_tied_readout_and_attention(gpt2):
 
 
 def test_gpt2_base_is_bit_identical(gpt2):
-    torch.manual_seed(0)
-    ours = gpt2(width=32)
-    torch.manual_seed(0)
-    assert same_parameters(ours, hf.gpt2(32))
-    assert ours.transformer.h[0].attn.scaling == 8**-0.5
+    assert base_is_bit_identical(gpt2, hf.gpt2)
+    assert gpt2(width=32).transformer.h[0].attn.scaling == 8**-0.5
 
 
 def test_gpt2_coordinate_check(gpt2):
@@ -86,10 +88,7 @@ def test_llama_roles_base_and_coordinate_check():
     assert plan["model.layers.0.input_layernorm.weight"].role == "vector"
     assert plan["model.embed_tokens.weight"].role == "input" and plan["lm_head.weight"].role == "output"
     assert plan.attention["model.layers.0.self_attn"] == pytest.approx(0.5)
-    torch.manual_seed(0)
-    ours = f(width=32)
-    torch.manual_seed(0)
-    assert same_parameters(ours, hf.llama(32))
+    assert base_is_bit_identical(f, hf.llama)
     block_outputs_flat(f, [32, 64, 128], (TOKENS[:, :-1], TOKENS[:, 1:]), causal_lm_loss,
                        lambda n: n.startswith("model.layers.") and n.count(".") == 2)
 
@@ -102,10 +101,7 @@ def test_bert_roles_base_and_coordinate_check():
     assert plan["embeddings.token_type_embeddings.weight"].role == "input"
     assert plan["encoder.layer.0.intermediate.dense.weight"].role == "hidden"
     assert plan["embeddings.LayerNorm.weight"].role == "vector"
-    torch.manual_seed(0)
-    ours = f(width=32)
-    torch.manual_seed(0)
-    assert same_parameters(ours, hf.bert(32))
+    assert base_is_bit_identical(f, hf.bert)
     block_outputs_flat(f, [32, 64, 128], (TOKENS, None), lambda out, _: out.last_hidden_state[:, 0].sum(-1).pow(2).mean(),
                        lambda n: n.startswith("encoder.layer.") and n.count(".") == 2)
 
@@ -121,10 +117,7 @@ def test_vit_roles_base_and_coordinate_check():
     assert plan["vit.embeddings.position_embeddings"].role == "input"
     assert plan["vit.embeddings.patch_embeddings.projection.weight"].role == "input"
     assert plan["classifier.weight"].role == "output"
-    torch.manual_seed(0)
-    ours = f(width=32)
-    torch.manual_seed(0)
-    assert same_parameters(ours, hf.vit(32))
+    assert base_is_bit_identical(f, hf.vit)
     labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
     block_outputs_flat(f, [32, 64, 128], (IMAGES, labels), lambda out, y: nn.functional.cross_entropy(out.logits, y),
                        lambda n: n.startswith("vit.layers.") and n.count(".") == 2)
@@ -172,18 +165,6 @@ def test_attention_without_a_scale_attribute_is_an_error():
 
     with pytest.raises(ValueError, match="has no float 'scaling' attribute"):
         ezp.wrap(Bare, base_width=32)(width=64)
-
-
-class TiedLM(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.emb = nn.Embedding(16, width)
-        self.hidden = nn.Linear(width, width)
-        self.head = nn.Linear(width, 16, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, idx):
-        return self.head(torch.relu(self.hidden(self.emb(idx))))
 
 
 def test_tied_readout_steps_equal_a_hand_written_reference():
