@@ -153,6 +153,8 @@ class MupFactory:
 
     ``wrap(make_model, base_width=256, base_depth=4)(width=2048, depth=24)``. Everything it learns
     about the factory (shapes on meta, roles, branches, base init) is computed once and cached.
+    With ``base_depth``, ``"mup"`` and ``"spectral"`` scale depth as CompleteP (branch x m_L^-1) unless
+    ``depth_alpha`` says otherwise; ``"depth_mup"`` is alpha=1/2; ``"sp"`` scales nothing.
     """
 
     def __init__(

@@ -175,7 +175,6 @@ def make_plan(
     multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
         p, role, template = table.params[base_name], roles[base_name], table.template(name)
-        module, _, _ = name.rpartition(".")
         shape = tuple(evaluate(d, width, what=name) for d in p.dims)
         fan_in, fan_out = role.fan_in(p.dims), role.fan_out(p.dims)
         fan_in_now, fan_out_now = _size(fan_in, width, name), _size(fan_out, width, name)
@@ -194,8 +193,6 @@ def make_plan(
         if branch == "fold" and branch_multiplier != 1.0:
             fold = branch_multiplier
             s = rules.fold(family, s, fold)
-        elif branch == "hook" and branch_multiplier != 1.0:
-            multipliers[module] = branch_multiplier
         multiplier = 1.0
         if role.tied_readout and parametrization != "sp" and role.role == "input":
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
@@ -219,6 +216,9 @@ def make_plan(
             fold=fold,
             source=role.source,
         )
+    for template, kind in (branches or {}).items():  # per module: a hooked branch may own no parameter itself
+        if kind == "hook":
+            multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
     logit_factors = {}
     for template, head_dim in (attention or {}).items():
         factor = math.sqrt(evaluate(head_dim, base_width, what=template) / evaluate(head_dim, width, what=template))

@@ -273,3 +273,30 @@ def test_branches_override_and_bad_depth_arguments():
         ezp.wrap(ResMLP, base_width=32, depth=2)(width=32, depth=4)
     with pytest.raises(ValueError, match="depth_alpha=2"):
         ezp.wrap(ResMLP, base_width=32, base_depth=2, depth_alpha=2)
+
+
+def test_a_branch_ending_in_a_parameter_free_module_gets_a_forward_multiplier():
+    class GeluBranch(nn.Module):
+        def __init__(self, width, depth):
+            super().__init__()
+            self.inp = nn.Linear(8, width)
+            self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth))
+            self.out = nn.Linear(width, 1)
+
+        def forward(self, x):
+            x = self.inp(x)
+            for block in self.blocks:
+                x = x + block(x)
+            return self.out(x)
+
+    f = ezp.wrap(GeluBranch, base_width=16, base_depth=2)
+    assert f.branches == {"blocks.{i}.1": "hook"}
+    torch.manual_seed(0)
+    model = f(width=16, depth=8)
+    assert ezp.plan_of(model).multipliers == {f"blocks.{i}.1": pytest.approx(0.25) for i in range(8)}
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        h = model.inp(x)
+        for block in model.blocks:
+            h = h + 0.25 * torch.nn.functional.gelu(block[0](h))
+        torch.testing.assert_close(model(x), model.out(h))
