@@ -3,7 +3,7 @@
 A residual branch is a module inside a block whose output is added to the residual stream
 (``x = x + attn(ln(x))``). Forward hooks record which module produced each tensor (the innermost
 one, so ``c_proj`` rather than the ``attn`` that returns it); a torch-function mode watches the
-additions. Plain data out: module name -> ``"fold"`` (it owns the weight, so the branch
+additions. Plain data out: module name -> ``"fold"`` (it owns a weight matrix, so the branch
 multiplier can be folded into init and LR) or ``"hook"`` (a forward multiplier is needed).
 """
 
@@ -24,8 +24,9 @@ ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, to
 
 
 def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
-    """A batch the first layer accepts: token ids for an embedding, features for a linear layer."""
-    first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    """A batch the first input layer accepts: token ids for an embedding, features for a linear layer, images
+    for a convolution (modules carrying their own parameters, like ViT's class token, are passed over)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv2d))), None)
     if isinstance(first, nn.Embedding):
         return (torch.randint(0, first.num_embeddings, (2, 8), device="meta"),)
     if isinstance(first, nn.Linear):
@@ -33,7 +34,7 @@ def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
     if isinstance(first, nn.Conv2d):
         return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
     raise ValueError(
-        f"cannot guess an input for a model whose first layer is {type(first).__name__}: pass "
+        f"cannot guess an input for a {type(model).__name__}: it has no Embedding, Linear or Conv2d layer. Pass "
         "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap"
     )
 
@@ -92,7 +93,9 @@ def branches_from_globs(model: nn.Module, table: ShapeTable, patterns: Sequence[
 
 
 def _kind(module: nn.Module) -> str:
-    return "fold" if isinstance(getattr(module, "weight", None), nn.Parameter) else "hook"
+    """Fold only into a matrix: a norm's gain starts at a constant, which init scaling leaves alone."""
+    weight = getattr(module, "weight", None)
+    return "fold" if isinstance(weight, nn.Parameter) and weight.dim() >= 2 else "hook"
 
 
 def _check_every_stack_has_a_branch(table: ShapeTable, found: dict[str, str]) -> None:

@@ -2,12 +2,14 @@
 hand-written reference with explicit branch multipliers, the depth coordinate check, HF models."""
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import ezmup_plus as ezp
+from ezmup_plus.models import hf
 from ezmup_plus.models.gpt import GPT
 
 
@@ -213,14 +215,7 @@ def test_depth_coordinate_check_completep_flat_sp_drifts():
 
 
 def test_hf_gpt2_at_twice_the_depth_does_not_apply_its_own_depth_init_twice():
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-
-    def gpt2(width, depth):
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            n_embd=width, n_layer=depth, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0))
-
-    f = ezp.wrap(gpt2, base_width=32, base_depth=2, width_multiple=4)
+    f = ezp.wrap(hf.gpt2, base_width=32, base_depth=2, width_multiple=4, vocab_size=64)
     assert f.branches == {"transformer.h.{i}.attn.c_proj": "fold", "transformer.h.{i}.mlp.c_proj": "fold"}
     torch.manual_seed(0)
     model = f(width=32, depth=4)
@@ -234,14 +229,7 @@ def test_hf_gpt2_at_twice_the_depth_does_not_apply_its_own_depth_init_twice():
 
 
 def test_hf_llama_at_twice_the_depth():
-    transformers = pytest.importorskip("transformers")
-
-    def llama(width, depth):
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            hidden_size=width, intermediate_size=2 * width, num_hidden_layers=depth, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=64, max_position_embeddings=32))
-
-    f = ezp.wrap(llama, base_width=32, base_depth=2, width_multiple=8)
+    f = ezp.wrap(hf.llama, base_width=32, base_depth=2, width_multiple=8, vocab_size=64)
     assert f.branches == {"model.layers.{i}.self_attn.o_proj": "fold", "model.layers.{i}.mlp.down_proj": "fold"}
     model = f(width=64, depth=4)
     plan = ezp.plan_of(model)
@@ -249,6 +237,21 @@ def test_hf_llama_at_twice_the_depth():
     assert plan["model.layers.3.self_attn.k_proj.weight"].shape_expr[0] == plan["model.layers.3.self_attn.k_proj.weight"].shape_expr[1] / 2
     assert plan["model.layers.3.input_layernorm.weight"].eps_mult == pytest.approx(0.5)
     assert model(torch.randint(0, 64, (2, 8))).logits.shape == (2, 8, 64)
+
+
+@pytest.mark.parametrize("factory, branches, inputs", [
+    (hf.bert, {"encoder.layer.{i}.attention.output.dense", "encoder.layer.{i}.output.dense"},
+     lambda: (torch.randint(0, 65, (2, 8)),)),
+    (hf.vit, {"vit.layers.{i}.attention.o_proj", "vit.layers.{i}.mlp.fc2"}, lambda: (torch.randn(2, 3, 16, 16),)),
+])
+def test_hf_bert_post_ln_and_vit_at_twice_the_depth(factory, branches, inputs):
+    f = ezp.wrap(factory, base_width=32, base_depth=2, width_multiple=4)
+    assert f.branches == dict.fromkeys(branches, "fold")
+    model = f(width=32, depth=4)
+    folds = {n: t.fold for n, t in ezp.plan_of(model).tensors.items() if n.endswith(".weight")
+             and re.sub(r"\.\d+\.", ".{i}.", n.rpartition(".")[0], count=1) in branches}
+    assert len(folds) == 8 and all(v == pytest.approx(0.5) for v in folds.values()), folds
+    assert torch.isfinite(model(*inputs())[0]).all()
 
 
 def test_factory_that_ignores_depth():
@@ -275,28 +278,94 @@ def test_branches_override_and_bad_depth_arguments():
         ezp.wrap(ResMLP, base_width=32, base_depth=2, depth_alpha=2)
 
 
-def test_a_branch_ending_in_a_parameter_free_module_gets_a_forward_multiplier():
-    class GeluBranch(nn.Module):
+def test_optimizer_refuses_depth_in_place_and_a_mismatched_depth(resmlp):
+    with pytest.raises(ValueError, match=r"depth cannot be changed in place.*base_depth"):
+        ezp.get_mup_optimizer(ResMLP(47, 2), lr=1e-2, width=64, depth=4)
+    with pytest.raises(ValueError, match="carries a plan for depth 4; got depth=8"):
+        ezp.get_mup_optimizer(resmlp(width=32, depth=4), lr=1e-2, depth=8)
+
+
+class HalfBranch(nn.Module):
+    """A branch output that owns no weight of its own: the multiplier must be a forward hook on it."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return 0.5 * self.fc(x)
+
+
+class HookResNet(nn.Module):
+    def __init__(self, width, depth):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(HalfBranch(width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + b(torch.tanh(x))
+        return self.out(x)
+
+
+class ReferenceHookResNet(HookResNet):
+    """The same network with the branch multiplier written out."""
+
+    def __init__(self, width, depth, branch):
+        super().__init__(width, depth)
+        self.branch = branch
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + self.branch * b(torch.tanh(x))
+        return self.out(x)
+
+
+def test_branch_without_own_weight_gets_a_forward_multiplier_equal_to_the_reference():
+    m_l, lr, eps = 4, 1e-2, 1e-8
+    f = ezp.wrap(HookResNet, base_width=32, base_depth=2)
+    assert f.branches == {"blocks.{i}": "hook"}
+    torch.manual_seed(0)
+    model = f(width=32, depth=2 * m_l)
+    plan = ezp.plan_of(model)
+    assert plan.multipliers == {f"blocks.{i}": 1 / m_l for i in range(2 * m_l)}
+    assert plan["blocks.7.fc.weight"].fold == 1.0
+    ref = ReferenceHookResNet(32, 2 * m_l, branch=1 / m_l)
+    ref.load_state_dict(model.state_dict())
+    ref_opt = torch.optim.Adam([  # alpha = 1: hidden LR x m_L^0; eps x m_L^-1 inside the blocks
+        {"params": [*ref.inp.parameters(), *ref.out.parameters()], "lr": lr},
+        {"params": ref.blocks.parameters(), "lr": lr, "eps": eps / m_l},
+    ], lr=lr)
+    train_and_compare(model, ezp.get_mup_optimizer(model, lr=lr, optimizer="adam"), ref, ref_opt)
+
+
+def test_a_norm_ending_the_branch_gets_a_hook_not_a_fold():
+    class Sandwich(nn.Module):
+        """x = x + ln(fc(x)): the gain starts at 1, so folding 1/m_L into its init would change nothing."""
+
         def __init__(self, width, depth):
             super().__init__()
             self.inp = nn.Linear(8, width)
-            self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth))
+            self.blocks = nn.ModuleList(nn.ModuleDict({"fc": nn.Linear(width, width), "ln": nn.LayerNorm(width)})
+                                        for _ in range(depth))
             self.out = nn.Linear(width, 1)
 
         def forward(self, x):
             x = self.inp(x)
-            for block in self.blocks:
-                x = x + block(x)
+            for b in self.blocks:
+                x = x + b["ln"](b["fc"](x))
             return self.out(x)
 
-    f = ezp.wrap(GeluBranch, base_width=16, base_depth=2)
-    assert f.branches == {"blocks.{i}.1": "hook"}
-    torch.manual_seed(0)
-    model = f(width=16, depth=8)
-    assert ezp.plan_of(model).multipliers == {f"blocks.{i}.1": pytest.approx(0.25) for i in range(8)}
+    f = ezp.wrap(Sandwich, base_width=32, base_depth=2)
+    assert f.branches == {"blocks.{i}.ln": "hook"}
+    model = f(width=32, depth=8)
     x = torch.randn(4, 8)
     with torch.no_grad():
         h = model.inp(x)
-        for block in model.blocks:
-            h = h + 0.25 * torch.nn.functional.gelu(block[0](h))
+        for b in model.blocks:
+            ln = b["ln"]
+            h = h + 0.25 * nn.functional.layer_norm(b["fc"](h), (32,), ln.weight, ln.bias, ln.eps)
         torch.testing.assert_close(model(x), model.out(h))
