@@ -33,6 +33,8 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], str]] = {
 """Optimizer name -> (class, rules family). Extend with :func:`register_optimizer`."""
 
 WD_MODES = ("independent", "coupled")
+MUON_ADJUST_LR = {"orthogonal": "original", "orthogonal_rms": "match_rms_adamw"}
+"""torch.optim.Muon's own per-shape LR adjustment that each orthogonal family's rules assume."""
 
 
 def register_optimizer(name: str, cls: type[torch.optim.Optimizer], *, family: str) -> None:
@@ -100,7 +102,7 @@ def get_mup_optimizer(
             param_groups(model, plan.for_family(family), cls=torch.optim.Muon, select=is_muon, **settings),
             param_groups(model, plan.for_family("adam"), cls=torch.optim.AdamW, eps=adamw_kwargs.pop("eps", None),
                          select=lambda name: not is_muon(name), **settings),
-            lr=lr, muon_kwargs={"weight_decay": weight_decay, **opt_kwargs},
+            lr=lr, muon_kwargs={"weight_decay": weight_decay, "adjust_lr_fn": MUON_ADJUST_LR[family], **opt_kwargs},
             adamw_kwargs={"weight_decay": weight_decay, **adamw_kwargs},
         )
     groups = param_groups(model, plan.for_family(family), cls=cls, eps=opt_kwargs.pop("eps", None), **settings)
@@ -154,7 +156,8 @@ def param_groups(
         if name not in plan.tensors:
             raise ValueError(f"{name} is not in the model's muP plan; was the model changed after it was built?")
         t = plan.tensors[name]
-        wd_mult = t.wd_mult / t.lr_mult if wd_mode == "independent" else t.wd_mult
+        # independent: lr*wd per step is the base model's whatever the family's coupled WD rule says
+        wd_mult = 1.0 / t.lr_mult if wd_mode == "independent" else t.wd_mult
         eps_mult = t.eps_mult if eps_mode == "scaled" else 1.0
         key = (t.lr_mult, wd_mult, eps_mult)
         if key not in groups:
