@@ -45,6 +45,7 @@ class MupConfig:
     depth_alpha: float | None = None
     roles: dict = field(default_factory=dict)
     branches: list | None = None
+    attn_scale: str = "auto"  # auto | 1/d | 1/sqrt(d)
 
 
 @dataclass
@@ -212,7 +213,7 @@ def build_factory(cfg: Config):
     return wrap(import_factory(m.factory), base_width=base_width, base_depth=mup.base_depth, sentinel=mup.sentinel,
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
-                branches=mup.branches, **m.kwargs)
+                branches=mup.branches, attn_scale=mup.attn_scale, **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -138,3 +138,14 @@ def test_expressions_are_checked_and_never_evaluated_as_python():
     assert scale_config({"cmd": "__import__('os').system('echo')"}, width=64) == {"cmd": "__import__('os').system('echo')"}
     with pytest.raises(ValueError, match="uses the depth d"):
         scale_config({"n": "2*d"}, width=64)
+
+
+def test_attn_scale_key_reaches_the_model(tmp_path):
+    path = write(tmp_path, "gpt.yaml", """
+model: {factory: "ezmup_plus.models.gpt:GPT", width: 128, width_multiple: 4, kwargs: {depth: 1}}
+mup: {base_width: 32}
+""")
+    scaled, _, _ = from_config(path)
+    kept, _, _ = from_config(path, ["mup.attn_scale=1/sqrt(d)"])
+    assert scaled.blocks[0].attn.scaling == pytest.approx(8**0.5 / 32)  # 1/d relative to base
+    assert kept.blocks[0].attn.scaling == pytest.approx(32**-0.5)
