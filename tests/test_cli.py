@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import ezmup_plus as ezp
 from ezmup_plus.checkpoint import load_checkpoint

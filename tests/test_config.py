@@ -4,7 +4,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
 
 import ezmup_plus as ezp
 from ezmup_plus.config import ConfigError, from_config, load_config

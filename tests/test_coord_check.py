@@ -43,3 +43,15 @@ def test_a_deliberately_broken_plan_fails(batch):
 def test_needs_two_widths(batch):
     with pytest.raises(ValueError, match="at least two widths"):
         coord_check(MLP, [64], batch)
+
+
+def test_spectral_check_flat_under_mup_growing_under_sp(batch, tmp_path):
+    from ezmup_plus.diagnostics import spectral_check
+
+    mup = spectral_check(ezp.wrap(MLP, base_width=64), WIDTHS, batch)
+    sp = spectral_check(MLP, WIDTHS, batch)
+    assert mup.ok, str(mup)
+    # SP with Adam: the hidden matrix's relative change grows about like the width
+    assert not sp.ok and sp.slope("weight", "hidden.1.weight") > 0.7, str(sp)
+    assert "readout alignment" in str(mup)
+    assert mup.plot(tmp_path / "spectral.png").read_bytes()[:4] == b"\x89PNG"

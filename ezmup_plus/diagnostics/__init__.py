@@ -1,6 +1,7 @@
 """Evidence that muP works on a model: LR sweeps and transfer tables, coordinate checks, plots."""
 
 from .coord import CoordCheck, CoordRow, coord_check
+from .spectral import SpectralCheck, spectral_check
 from .sweep import Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
 from .train import RunResult, random_batches, train
 
@@ -10,6 +11,7 @@ __all__ = [
     "coord_check",
     "Run",
     "RunResult",
+    "SpectralCheck",
     "Transfer",
     "analyse",
     "geometric_lrs",
@@ -17,6 +19,7 @@ __all__ = [
     "plot_sweep",
     "random_batches",
     "read_runs",
+    "spectral_check",
     "train",
     "transfer_table",
 ]

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .figures import pyplot, save
 from ..build import MupFactory
 from ..optim import get_mup_optimizer, resolve_optimizer
 
@@ -78,11 +79,7 @@ class CoordCheck:
 
     def plot(self, path: str | Path) -> Path:
         """The classic figure: one panel per step, RMS vs width per module, log-log."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, axes = plt.subplots(1, len(self.steps), figsize=(3.2 * len(self.steps), 3), sharey=True, squeeze=False)
         for ax, step in zip(axes[0], self.steps):
             for m in self.modules:
@@ -91,12 +88,7 @@ class CoordCheck:
             ax.set(xscale="log", yscale="log", title=f"step {step}", xlabel="width")
         axes[0][0].set_ylabel("activation RMS")
         axes[0][-1].legend(fontsize=6)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        return path
+        return save(fig, path)
 
 
 def coord_check(

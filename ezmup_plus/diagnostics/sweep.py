@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from .figures import pyplot, save
 from .train import RunResult
 
 
@@ -132,11 +133,7 @@ def transfer_table(transfers: Sequence[Transfer], axis: str = "width") -> str:
 
 def plot_sweep(runs: Sequence[Run], path: str | Path, axis: str = "width", title: str = "") -> Path:
     """Loss vs LR, one panel per parametrization, one curve per width (TP5 Figure 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     params = sorted({r.parametrization for r in runs}, key=lambda p: (p != "sp", p))
     fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 4), sharey=True, squeeze=False)
     finite = [r.score for r in runs if math.isfinite(r.score)]
@@ -157,9 +154,4 @@ def plot_sweep(runs: Sequence[Run], path: str | Path, axis: str = "width", title
     if finite:
         low = min(finite)
         axes[0][0].set_ylim(low * 0.95, min(max(finite), low * 3))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
