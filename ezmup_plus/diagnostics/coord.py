@@ -115,10 +115,7 @@ def coord_check(
     x, y = data
     rows = []
     for width in widths:
-        torch.manual_seed(seed)
-        model = factory(width=width)
-        opt = (get_mup_optimizer(model, lr=lr, optimizer=optimizer) if isinstance(factory, MupFactory)
-               else _plain_optimizer(model, optimizer, lr))
+        model, opt = build_and_optimizer(factory, width, optimizer, lr, seed)
         watched = [(n, m) for n, m in model.named_modules()
                    if (modules(n, m) if modules else any(True for _ in m.parameters(recurse=False)))]
         init = _outputs(model, watched, x)
@@ -132,9 +129,14 @@ def coord_check(
     return CoordCheck(tuple(rows), tolerance)
 
 
-def _plain_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    cls, _ = resolve_optimizer(name)
-    return cls(model.parameters(), lr=lr)
+def build_and_optimizer(factory: Callable[..., nn.Module], width: int, optimizer: str, lr: float,
+                        seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model at ``width`` from a seed, with the muP optimizer for a wrapped factory, the plain one otherwise."""
+    torch.manual_seed(seed)
+    model = factory(width=width)
+    if isinstance(factory, MupFactory):
+        return model, get_mup_optimizer(model, lr=lr, optimizer=optimizer)
+    return model, resolve_optimizer(optimizer)[0](model.parameters(), lr=lr)
 
 
 def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from .figures import pyplot, save
-from ..build import MupFactory
-from ..optim import get_mup_optimizer, resolve_optimizer
-from .coord import DEFAULT_TOLERANCE, CoordCheck, CoordRow, _outputs
+from .coord import DEFAULT_TOLERANCE, CoordCheck, CoordRow, _outputs, build_and_optimizer
 
 
 @dataclass(frozen=True)
@@ -84,10 +82,7 @@ def spectral_check(
     rows: list[tuple[str, str, int, float]] = []
     readout = ""
     for width in widths:
-        torch.manual_seed(seed)
-        model = factory(width=width)
-        opt = (get_mup_optimizer(model, lr=lr, optimizer=optimizer) if isinstance(factory, MupFactory)
-               else resolve_optimizer(optimizer)[0](model.parameters(), lr=lr))
+        model, opt = build_and_optimizer(factory, width, optimizer, lr, seed)
         watched = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
         readout_name, readout_module = watched[-1]
         readout = readout_name
