@@ -1,6 +1,8 @@
 """MLP on California Housing (the muP reproduction's regression experiment): best Adam LR per width, SP vs muP.
 
-Two hidden layers, base width 16, Adam without weight decay, batch 16, a geometric LR grid.
+Two hidden layers, base width 16, Adam without weight decay, batch 16, a geometric LR grid. Where
+microsoft's ``mup`` package imports, it is a third arm ("mup_pkg": MuReadout, set_base_shapes, MuAdam)
+on the same model and data.
     python benchmarks/transfer_mlp_california.py --preset cpu
 """
 
@@ -24,6 +26,30 @@ PRESETS = {
 }
 
 
+def has_microsoft_mup() -> bool:
+    try:
+        import mup  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def microsoft_mup(width: int, lr: float):
+    """The same MLP in microsoft/mup: readout swapped for MuReadout, shapes set against base width 16."""
+    from mup import MuAdam, MuReadout, set_base_shapes
+
+    def build(w):
+        model = MLP(w, in_features=8, out_features=1)
+        model.readout = MuReadout(w, 1)
+        return model
+
+    model = build(width)
+    with torch.random.fork_rng():
+        base, delta = build(16), build(32)
+    set_base_shapes(model, base, delta=delta)
+    return model, MuAdam(model.parameters(), lr=lr)
+
+
 def main() -> None:
     preset, cfg, args = parse_preset(__doc__.splitlines()[0], PRESETS)
     torch.set_num_threads(2)
@@ -33,11 +59,15 @@ def main() -> None:
 
     def run(parametrization, width, depth, lr, seed):
         torch.manual_seed(seed)
-        model = factories[parametrization](width=width)
-        opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adam")
+        if parametrization == "mup_pkg":
+            model, opt = microsoft_mup(width, lr)
+        else:
+            model = factories[parametrization](width=width)
+            opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adam")
         return train(model, opt, random_batches(x, y, 16, seed), F.mse_loss, cfg["steps"], (xv, yv))
 
-    run_transfer(f"transfer_mlp_california_{preset}", run, parametrizations=("sp", "mup"), widths=cfg["widths"],
+    arms = ("sp", "mup", "mup_pkg") if has_microsoft_mup() else ("sp", "mup")
+    run_transfer(f"transfer_mlp_california_{preset}", run, parametrizations=arms, widths=cfg["widths"],
                  lrs=cfg["lrs"], seeds=cfg["seeds"], out=args.out, fresh=args.fresh,
                  settings={"preset": preset, "steps": cfg["steps"], "batch": 16, "optimizer": "adam"})
 

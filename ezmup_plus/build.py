@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from . import rules
+from .branches import branches_from_globs, find_branches
 from .plan import MupPlan, make_plan
 from .roles import Role, classify
-from .usage import SCALE_ATTR, attention_head_dims
-from .branches import branches_from_globs, find_branches
 from .shapes import fit_dim, scales
 from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
+from .usage import SCALE_ATTR, attention_head_dims
 
 PLAN_ATTR = "_ezmup_plan"
 ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
