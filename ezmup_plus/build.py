@@ -20,10 +20,10 @@ from torch import nn
 from . import rules
 from .branches import branches_from_globs, find_branches
 from .plan import MupPlan, make_plan
-from .roles import Role, classify
-from .shapes import fit_dim, scales
+from .roles import IN_OUT_TYPES, Role, classify
+from .shapes import WIDTH, fit_dim, scales
 from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
-from .usage import SCALE_ATTR, attention_head_dims
+from .usage import SCALE_ATTR, AttentionSite, attention_sites
 
 PLAN_ATTR = "_ezmup_plan"
 ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
@@ -109,9 +109,12 @@ def rescale_init(model: nn.Module, plan: MupPlan | None = None) -> nn.Module:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for t in plan:
+            p = params[t.name]
+            if t.init_std == 0.0:
+                p.zero_()
+                continue
             if t.init_std is None or t.init_factor == 1.0:
                 continue
-            p = params[t.name]
             current = float(p.detach().float().std())
             if current == 0.0:
                 raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
@@ -174,6 +177,7 @@ class MupFactory:
         branches: Sequence[str] | None = None,
         example_inputs: Any = None,
         attn_scale: str = "auto",
+        zero_init: Sequence[str] = (),
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -198,6 +202,10 @@ class MupFactory:
         self.branch_globs = tuple(branches) if branches is not None else None
         self.example_inputs = example_inputs
         self.attn_scale = attn_scale
+        unknown = set(zero_init) - {"readout", "query"}
+        if unknown:
+            raise ValueError(f"zero_init={list(zero_init)}: {sorted(unknown)} unknown; choose from 'readout', 'query'")
+        self.zero_init = tuple(zero_init)
         self.fixed_kwargs = fixed_kwargs
 
     def kwargs(self, width: int, depth: int | None = None) -> dict[str, Any]:
@@ -234,28 +242,62 @@ class MupFactory:
         return find_branches(model, self.table, self.example_inputs)
 
     @cached_property
+    def attention_traces(self) -> list[dict[str, AttentionSite]]:
+        """Attention seen in a meta forward at each sentinel width ([] when the forward cannot run)."""
+        widths = [p * self.width_multiple for p in self.sentinels]
+        try:
+            return [attention_sites(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs) for w in widths]
+        except (RuntimeError, ValueError) as exc:
+            if self.example_inputs is not None:
+                raise
+            warnings.warn(f"attention was not traced, so its logits keep 1/sqrt(d_head): {exc}", stacklevel=2)
+            return []
+
+    @cached_property
     def attention(self) -> dict[str, sympy.Expr]:
         """Attention modules (templates) whose head dim grows with the width -> that head dim in ``w``.
 
         Empty under ``attn_scale="1/sqrt(d)"`` or SP: their logits keep the factory's scale.
         """
-        if self.attn_scale == "1/sqrt(d)" or self.parametrization == "sp":
+        traces = self.attention_traces
+        if self.attn_scale == "1/sqrt(d)" or self.parametrization == "sp" or not traces:
             return {}
         widths = [p * self.width_multiple for p in self.sentinels]
-        try:
-            traces = [attention_head_dims(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs)
-                      for w in widths]
-        except (RuntimeError, ValueError) as exc:
-            if self.example_inputs is not None:
-                raise
-            warnings.warn(f"attention was not traced, so its logits keep 1/sqrt(d_head): {exc}", stacklevel=2)
-            return {}
         found = {}
         for name in traces[0]:
-            head_dim = fit_dim(widths, [t[name] for t in traces])
+            head_dim = fit_dim(widths, [t[name].head_dim for t in traces])
             if scales(head_dim):
                 found[self.table.template(name)] = head_dim
         return found
+
+    @cached_property
+    def zeroed(self) -> frozenset[str]:
+        """Parameter templates that ``zero_init`` starts at zero (TP5: the readout, the query projection)."""
+        names: set[str] = set()
+        if "readout" in self.zero_init:
+            readout = {n for n, r in self.roles.items() if r.role == "output" and len(self.table.params[n].dims) >= 2}
+            if not readout:
+                raise ValueError("zero_init=['readout']: no untied readout matrix found (a readout tied to the input "
+                                 "embedding cannot start at zero)")
+            names |= readout
+        if "query" in self.zero_init:
+            if not self.attention_traces:
+                raise ValueError("zero_init=['query'] needs a forward pass on meta: pass example_inputs=... to wrap")
+            for attention, site in self.attention_traces[0].items():
+                names |= self._query_params(attention, site)
+        return frozenset(self.table.template(n) for n in names)
+
+    def _query_params(self, attention: str, site: AttentionSite) -> set[str]:
+        weight = f"{site.query_source}.weight"
+        p = self.table.params.get(weight)
+        width = self.sentinels[0] * self.width_multiple
+        out_dim = None if p is None else int(p.dims[1 if p.module_type in IN_OUT_TYPES else 0].subs(WIDTH, width))
+        if out_dim != site.query_width:
+            raise ValueError(
+                f"zero_init=['query']: the queries of {attention} come from {site.query_source}, which also produces "
+                "other things (a fused QKV projection); only an unfused query projection can start at zero"
+            )
+        return {n for n in (weight, f"{site.query_source}.bias") if n in self.table.params}
 
     @cached_property
     def base_stds(self) -> dict[str, float | None]:
@@ -291,7 +333,7 @@ class MupFactory:
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
     return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
                      parametrization=f.parametrization, family=family, depth_alpha=f.depth_alpha,
-                     branches=f.branches, attention=f.attention)
+                     branches=f.branches, attention=f.attention, zeroed=f.zeroed)
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

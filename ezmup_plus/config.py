@@ -46,6 +46,7 @@ class MupConfig:
     roles: dict = field(default_factory=dict)
     branches: list | None = None
     attn_scale: str = "auto"  # auto | 1/d | 1/sqrt(d)
+    zero_init: list = field(default_factory=list)  # readout, query
 
 
 @dataclass
@@ -213,7 +214,7 @@ def build_factory(cfg: Config):
     return wrap(import_factory(m.factory), base_width=base_width, base_depth=mup.base_depth, sentinel=mup.sentinel,
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
-                branches=mup.branches, attn_scale=mup.attn_scale, **m.kwargs)
+                branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

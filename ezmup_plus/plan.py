@@ -155,12 +155,14 @@ def make_plan(
     depth_alpha: float | None = None,
     branches: Mapping[str, str] | None = None,
     attention: Mapping[str, sympy.Expr] | None = None,
+    zeroed: frozenset[str] = frozenset(),
 ) -> MupPlan:
     """Combine shapes, roles, rules and the factory's base init into per-tensor numbers.
 
     ``branches`` maps residual-branch module templates (``blocks.{i}.attn.c_proj``) to ``"fold"``
     or ``"hook"``: the branch multiplier m_L^-alpha goes into init and LR, or into a forward hook.
     ``attention`` maps attention modules to their head dim in ``w``: logits get sqrt(d_base/d).
+    ``zeroed`` names parameter templates that start at zero (``zero_init``).
     """
     rules.check_parametrization(parametrization)
     if depth is not None and table.depth is None:
@@ -198,7 +200,7 @@ def make_plan(
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
-        init_std, init_factor = _target_std(stds.get(template), s)
+        init_std, init_factor = (0.0, 0.0) if template in zeroed else _target_std(stds.get(template), s)
         tensors[name] = TensorPlan(
             name=name,
             shape_expr=p.dims,

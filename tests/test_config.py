@@ -148,3 +148,9 @@ mup: {base_width: 32}
     kept, _, _ = from_config(path, ["mup.attn_scale=1/sqrt(d)"])
     assert scaled.blocks[0].attn.scaling == pytest.approx(8**0.5 / 32)  # 1/d relative to base
     assert kept.blocks[0].attn.scaling == pytest.approx(32**-0.5)
+
+
+def test_zero_init_key_reaches_the_model(tmp_path):
+    path = write(tmp_path, "c.yaml", BASE + "mup: {base_width: 16, zero_init: [readout]}\n")
+    model, _, _ = from_config(path)
+    assert not model.readout.weight.any() and model.hidden[1].weight.any()

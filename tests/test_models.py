@@ -186,3 +186,19 @@ def test_tied_readout_steps_equal_a_hand_written_reference():
             o.step()
     with torch.no_grad():
         torch.testing.assert_close(model(idx), 0.25 * ref(idx))
+
+
+def test_zero_init_readout_and_unfused_query():
+    f = ezp.wrap(hf.llama, base_width=32, width_multiple=8, zero_init=["readout", "query"])
+    plan = f.plan(width=64)
+    assert plan["lm_head.weight"].init_std == 0.0 and plan["model.layers.1.self_attn.q_proj.weight"].init_std == 0.0
+    assert plan["model.layers.1.self_attn.k_proj.weight"].init_std > 0
+    model = f(width=64)
+    assert not model.lm_head.weight.any() and not model.model.layers[1].self_attn.q_proj.weight.any()
+    assert model.model.layers[1].self_attn.k_proj.weight.any()
+    with pytest.raises(ValueError, match=r"queries of blocks.0.attn come from blocks.0.attn.c_attn.*fused"):
+        ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1, zero_init=["query"]).plan(width=64)
+    with pytest.raises(ValueError, match="no untied readout matrix"):
+        ezp.wrap(TiedLM, base_width=32, zero_init=["readout"]).plan(width=64)
+    with pytest.raises(ValueError, match=r"\['keys'\] unknown"):
+        ezp.wrap(GPT, base_width=32, zero_init=["keys"])
