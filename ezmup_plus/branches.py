@@ -15,12 +15,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .trace import ShapeTable
 
 ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
         torch.Tensor.__iadd__}
+
+
+def meta_inputs(model: nn.Module, example_inputs: Any = None) -> tuple[Any, ...]:
+    """The user's example inputs (a tuple, or a callable returning one) moved to meta; else a guess."""
+    inputs = example_inputs() if callable(example_inputs) else example_inputs
+    if inputs is None:
+        return default_example_inputs(model)
+    return tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, tuple(inputs)))
 
 
 def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
@@ -41,8 +49,7 @@ def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
 
 def find_branches(model: nn.Module, table: ShapeTable, example_inputs: Any = None) -> dict[str, str]:
     """Residual-branch output modules of every block in ``table.stacks``, as module templates."""
-    inputs = example_inputs() if callable(example_inputs) else example_inputs
-    inputs = default_example_inputs(model) if inputs is None else tuple(inputs)
+    inputs = meta_inputs(model, example_inputs)
     modules = dict(model.named_modules())
     producer: dict[int, str] = {}
     keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused

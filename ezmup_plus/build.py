@@ -19,29 +19,34 @@ from torch import nn
 
 from . import rules
 from .branches import branches_from_globs, find_branches
-from .plan import MupPlan, make_plan
+from .plan import AttentionSpec, MupPlan, make_plan
 from .roles import IN_OUT_TYPES, Role, classify
 from .shapes import WIDTH, fit_dim, scales
 from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
-from .usage import SCALE_ATTR, AttentionSite, attention_sites
+from .usage import SCALE_ATTR, ForwardTrace, trace_forward
 
 PLAN_ATTR = "_ezmup_plan"
 ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
 
 
 class OutputScale:
-    """Forward hook multiplying a module's output by a constant (a muP forward multiplier)."""
+    """Forward hook multiplying a module's output by a constant (a muP forward multiplier); with ``rows``,
+    only those rows of the output's last dim (the queries of a fused QKV projection)."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, rows: tuple[int, int] | None = None):
         self.scale = scale
+        self.rows = rows
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"a muP output multiplier needs a tensor output, got {type(output).__name__}")
-        return output * self.scale
+        if self.rows is None or self.rows == (0, output.shape[-1]):
+            return output * self.scale
+        start, stop = self.rows
+        return torch.cat([output[..., :start], output[..., start:stop] * self.scale, output[..., stop:]], dim=-1)
 
     def __repr__(self) -> str:
-        return f"OutputScale({self.scale:g})"
+        return f"OutputScale({self.scale:g}" + ("" if self.rows is None else f", rows={self.rows}") + ")"
 
 
 def init_stds(builds: Iterable[nn.Module]) -> dict[str, float | None]:
@@ -85,15 +90,11 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
     if not any(p.is_meta for p in params.values()):
         rescale_init(model, plan)
     modules = dict(model.named_modules())
-    for module_name, factor in plan.attention.items():
-        module = modules[module_name]
-        if not isinstance(getattr(module, SCALE_ATTR, None), float):
-            raise ValueError(
-                f"{module_name} computes attention with a head dim that grows with the width, so muP scales its "
-                f"logits by 1/d; it has no float '{SCALE_ATTR}' attribute to adjust. Give it one (passed as "
-                "scale= to scaled_dot_product_attention), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)"
-            )
-        setattr(module, SCALE_ATTR, getattr(module, SCALE_ATTR) * factor)
+    for module_name, a in plan.attention.items():
+        if a.via == "scaling":
+            setattr(modules[module_name], SCALE_ATTR, getattr(modules[module_name], SCALE_ATTR) * a.factor)
+        else:
+            modules[a.query].register_forward_hook(OutputScale(a.factor, (a.start, a.stop)))
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
     setattr(model, PLAN_ATTR, plan)
@@ -229,7 +230,8 @@ class MupFactory:
 
     @cached_property
     def roles(self) -> dict[str, Role]:
-        return classify(self.table, self.role_overrides)
+        uses = self.forward_traces[0].uses if self.forward_traces else None
+        return classify(self.table, self.role_overrides, uses)
 
     @cached_property
     def branches(self) -> dict[str, str]:
@@ -242,32 +244,53 @@ class MupFactory:
         return find_branches(model, self.table, self.example_inputs)
 
     @cached_property
-    def attention_traces(self) -> list[dict[str, AttentionSite]]:
-        """Attention seen in a meta forward at each sentinel width ([] when the forward cannot run)."""
+    def forward_traces(self) -> list[ForwardTrace]:
+        """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run)."""
         widths = [p * self.width_multiple for p in self.sentinels]
         try:
-            return [attention_sites(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs) for w in widths]
+            return [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs) for w in widths]
         except (RuntimeError, ValueError) as exc:
             if self.example_inputs is not None:
                 raise
-            warnings.warn(f"attention was not traced, so its logits keep 1/sqrt(d_head): {exc}", stacklevel=2)
+            warnings.warn(f"the forward was not traced, so roles come from layer types and attention logits keep "
+                          f"1/sqrt(d_head): {exc}", stacklevel=2)
             return []
 
     @cached_property
-    def attention(self) -> dict[str, sympy.Expr]:
-        """Attention modules (templates) whose head dim grows with the width -> that head dim in ``w``.
+    def attention(self) -> dict[str, AttentionSpec]:
+        """Attention modules (templates) whose head dim grows with the width, and how to rescale their logits.
 
-        Empty under ``attn_scale="1/sqrt(d)"`` or SP: their logits keep the factory's scale.
+        Through the module's own ``scaling`` attribute where the kernel was given it, else through a
+        forward hook on the rows of the module output the queries are a linear function of. Empty
+        under ``attn_scale="1/sqrt(d)"`` or SP: logits keep the factory's scale.
         """
-        traces = self.attention_traces
+        traces = self.forward_traces
         if self.attn_scale == "1/sqrt(d)" or self.parametrization == "sp" or not traces:
             return {}
         widths = [p * self.width_multiple for p in self.sentinels]
         found = {}
-        for name in traces[0]:
-            head_dim = fit_dim(widths, [t[name].head_dim for t in traces])
-            if scales(head_dim):
-                found[self.table.template(name)] = head_dim
+        for name, site in traces[0].attention.items():
+            sites = [t.attention[name] for t in traces]
+            head_dim = fit_dim(widths, [s.head_dim for s in sites])
+            if not scales(head_dim):
+                continue
+            attr = traces[0].scaling_attrs.get(name)
+            rows = None if site.query_rows is None else [fit_dim(widths, list(r)) for r in
+                                                          zip(*(s.query_rows for s in sites))]
+            query = None if site.query_source is None else self.table.template(site.query_source)
+            if attr is not None and site.scale is not None and math.isclose(site.scale, attr):
+                found[self.table.template(name)] = AttentionSpec(head_dim, "scaling", query, *(rows or ()))
+            elif rows is not None and not site.shares_rows_with_key:
+                found[self.table.template(name)] = AttentionSpec(head_dim, "query", query, *rows)
+            else:
+                raise ValueError(
+                    f"{name or 'the root module'} computes attention with a head dim that grows with the width (d_head = {head_dim}), so "
+                    f"muP scales its logits by 1/d, but there is no way to do it: the kernel is not given a float "
+                    f"'{SCALE_ATTR}' attribute of the module, and the queries are not "
+                    + ("rows of one module output apart from the keys (a per-head fused QKV?)" if rows is not None
+                       else "a linear function of one module output (a norm on the queries?)")
+                    + f". Give {name or 'the root module'} a float '{SCALE_ATTR}' attribute passed as the kernel's scale, or pass "
+                    "attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
         return found
 
     @cached_property
@@ -281,23 +304,22 @@ class MupFactory:
                                  "embedding cannot start at zero)")
             names |= readout
         if "query" in self.zero_init:
-            if not self.attention_traces:
+            if not self.forward_traces:
                 raise ValueError("zero_init=['query'] needs a forward pass on meta: pass example_inputs=... to wrap")
-            for attention, site in self.attention_traces[0].items():
-                names |= self._query_params(attention, site)
+            for attention, site in self.forward_traces[0].attention.items():
+                names |= self._query_params(attention, site.query_source, site.query_rows)
         return frozenset(self.table.template(n) for n in names)
 
-    def _query_params(self, attention: str, site: AttentionSite) -> set[str]:
-        weight = f"{site.query_source}.weight"
-        p = self.table.params.get(weight)
+    def _query_params(self, attention: str, source: str | None, rows: tuple[int, int] | None) -> set[str]:
+        weight = self.table.params.get(f"{source}.weight")
         width = self.sentinels[0] * self.width_multiple
-        out_dim = None if p is None else int(p.dims[1 if p.module_type in IN_OUT_TYPES else 0].subs(WIDTH, width))
-        if out_dim != site.query_width:
+        out_dim = None if weight is None else int(
+            weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0].subs(WIDTH, width))
+        if rows is None or rows != (0, out_dim):
             raise ValueError(
-                f"zero_init=['query']: the queries of {attention} come from {site.query_source}, which also produces "
-                "other things (a fused QKV projection); only an unfused query projection can start at zero"
-            )
-        return {n for n in (weight, f"{site.query_source}.bias") if n in self.table.params}
+                f"zero_init=['query']: the queries of {attention} come from {source}, which is not a projection "
+                "making only them (a fused QKV projection?); only an unfused query projection can start at zero")
+        return {n for n in (f"{source}.weight", f"{source}.bias") if n in self.table.params}
 
     @cached_property
     def base_stds(self) -> dict[str, float | None]:

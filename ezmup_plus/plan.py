@@ -42,6 +42,28 @@ class TensorPlan:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """What the trace found for one attention module whose head dim grows with the width (sizes in ``w``)."""
+
+    head_dim: sympy.Expr
+    via: str  # "scaling": the module's own ``scaling`` attribute; "query": a forward hook on the query rows
+    query: str | None  # the module whose output rows [start, stop) are the queries
+    start: sympy.Expr = sympy.Integer(0)
+    stop: sympy.Expr = sympy.Integer(0)
+
+
+@dataclass(frozen=True)
+class AttentionScale:
+    """muP's 1/d_head instead of 1/sqrt(d_head) for one attention module, relative to base."""
+
+    factor: float  # on the logits
+    via: str  # "scaling" (the module's attribute is multiplied) or "query" (the query rows are)
+    query: str | None = None  # the module whose output rows [start, stop) are the queries
+    start: int = 0
+    stop: int = 0
+
+
+@dataclass(frozen=True)
 class MupPlan:
     """The plan for one target width (and depth), under one parametrization and optimizer family."""
 
@@ -51,7 +73,7 @@ class MupPlan:
     family: str
     tensors: dict[str, TensorPlan]
     multipliers: dict[str, float] = field(default_factory=dict)  # module name -> output multiplier
-    attention: dict[str, float] = field(default_factory=dict)  # module name -> factor on its logit scale
+    attention: dict[str, AttentionScale] = field(default_factory=dict)  # attention module -> its logit factor
     depth: int | None = None
     base_depth: int | None = None
     depth_alpha: float | None = None
@@ -96,15 +118,16 @@ class MupPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
-        lines += [f"attention logits of {m}: x {v:.4g} (1/d_head instead of 1/sqrt(d_head))"
-                  for m, v in self.attention.items()]
+        lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
+                  + (f"its '{a.via}' attribute" if a.via == "scaling" else f"rows {a.start}:{a.stop} of {a.query}")
+                  for m, a in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """Plain types only (sympy shapes as strings), for YAML/JSON."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
         out["multipliers"] = dict(self.multipliers)
-        out["attention"] = dict(self.attention)
+        out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
 
@@ -115,7 +138,8 @@ class MupPlan:
     def from_dict(cls, data: Mapping) -> MupPlan:
         data = dict(data)
         tensors = {t["name"]: _tensor_from_dict(t) for t in data.pop("tensors")}
-        return cls(tensors=tensors, **data)
+        attention = {m: AttentionScale(**a) for m, a in data.pop("attention", {}).items()}
+        return cls(tensors=tensors, attention=attention, **data)
 
     @classmethod
     def from_yaml(cls, text: str) -> MupPlan:
@@ -154,14 +178,14 @@ def make_plan(
     family: str = "adam",
     depth_alpha: float | None = None,
     branches: Mapping[str, str] | None = None,
-    attention: Mapping[str, sympy.Expr] | None = None,
+    attention: Mapping[str, AttentionSpec] | None = None,
     zeroed: frozenset[str] = frozenset(),
 ) -> MupPlan:
     """Combine shapes, roles, rules and the factory's base init into per-tensor numbers.
 
     ``branches`` maps residual-branch module templates (``blocks.{i}.attn.c_proj``) to ``"fold"``
     or ``"hook"``: the branch multiplier m_L^-alpha goes into init and LR, or into a forward hook.
-    ``attention`` maps attention modules to their head dim in ``w``: logits get sqrt(d_base/d).
+    ``attention`` maps attention module templates to what the trace found: logits get sqrt(d_base/d).
     ``zeroed`` names parameter templates that start at zero (``zero_init``).
     """
     rules.check_parametrization(parametrization)
@@ -196,7 +220,7 @@ def make_plan(
             fold = branch_multiplier
             s = rules.fold(family, s, fold)
         multiplier = 1.0
-        if role.tied_readout and parametrization != "sp" and role.role == "input":
+        if role.tied_readout is not None and parametrization != "sp" and role.role == "input":
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
@@ -222,9 +246,15 @@ def make_plan(
         if kind == "hook":
             multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
     logit_factors = {}
-    for template, head_dim in (attention or {}).items():
-        factor = math.sqrt(evaluate(head_dim, base_width, what=template) / evaluate(head_dim, width, what=template))
-        logit_factors.update({name: factor for name in module_names(table, template, depth) if factor != 1.0})
+    for template, spec in (attention or {}).items():
+        d_base, d = (evaluate(spec.head_dim, w, what=template) for w in (base_width, width))
+        if d == d_base:
+            continue
+        start, stop = (evaluate(e, width, what=f"the query rows of {template}") for e in (spec.start, spec.stop))
+        queries = module_names(table, spec.query, depth) if spec.query else []
+        for i, name in enumerate(module_names(table, template, depth)):
+            query = queries[i] if len(queries) > 1 else (queries or [None])[0]
+            logit_factors[name] = AttentionScale(math.sqrt(d_base / d), spec.via, query, start, stop)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
 

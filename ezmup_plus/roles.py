@@ -17,6 +17,7 @@ import sympy
 from .rules import ROLES
 from .shapes import scales
 from .trace import ParamShape, ShapeTable
+from .usage import Use
 
 EMBEDDING_TYPES = {"Embedding", "EmbeddingBag"}
 LINEAR_TYPES = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Bilinear"}
@@ -72,23 +73,64 @@ def role_from_shape(dims: tuple[sympy.Expr, ...], fan_in_dims: tuple[int, ...]) 
     }[(fan_in_scales, fan_out_scales)]
 
 
-def classify(table: ShapeTable, overrides: Mapping[str, str] | None = None) -> dict[str, Role]:
-    """A role per tensor: traced-free convention, tied embeddings, then the user's overrides."""
+def classify(table: ShapeTable, overrides: Mapping[str, str] | None = None,
+             uses: Mapping[str, tuple[Use, ...]] | None = None) -> dict[str, Role]:
+    """A role per tensor: from its traced uses where they tell, else by convention; then the user's overrides."""
     roles = {}
     for name, p in table.params.items():
+        traced = traced_fan_in(p, uses[name]) if uses is not None and name in uses else None
+        if traced is not None:
+            fan_in_dims, tied_readout = traced
+            roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, tied_readout, "trace")
+            continue
         fan_in_dims, guessed = convention_fan_in(p)
-        if guessed and p.scaled_dims:
+        if guessed and p.scaled_dims and not (uses and name in uses and uses[name]):
             warnings.warn(
-                f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module, used in no known layer; "
-                f"taking dims {fan_in_dims} as its fan-in. Pass roles={{'{name}': ...}} to wrap if that is wrong",
-                stacklevel=3,
-            )
+                f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module that the traced forward "
+                f"did not use; taking dims {fan_in_dims} as its fan-in. Pass roles={{'{name}': ...}} to wrap if "
+                "that is wrong", stacklevel=3)
         roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, _tied_readout(p, table))
     return apply_overrides(roles, table, overrides or {})
 
 
+def traced_fan_in(p: ParamShape, uses: tuple[Use, ...]) -> tuple[tuple[int, ...], str | None] | None:
+    """(fan-in dims, tied readout module) from how the forward used the tensor; None where it cannot tell.
+
+    One contracted (or looked-up) set of dims is the fan-in. Two, one finite and one growing with
+    the width, is an input embedding reused as the readout (a tied weight). A tensor only added or
+    multiplied in elementwise is a table like an embedding: its finite dims are the fan-in.
+    """
+    contracted = list(dict.fromkeys(u.dims for u in uses if u.kind in ("contract", "lookup")))
+    if not contracted:
+        unknown = [u for u in uses if u.kind == "unknown"]
+        if unknown:
+            guess, _ = convention_fan_in(p)
+            warnings.warn(f"{p.name}: used by {unknown[0].op} in {unknown[0].module or 'the root module'}, an op "
+                          f"ezmup_plus cannot read a fan-in from; taking dims {guess} as its fan-in by convention. "
+                          f"Pass roles={{'{p.name}': ...}} to wrap if that is wrong", stacklevel=4)
+            return None
+        if any(u.kind == "elementwise" for u in uses):
+            return tuple(i for i in range(len(p.dims)) if i not in p.scaled_dims), None
+        return None
+    if len(contracted) == 1:
+        return contracted[0], None
+    finite = [dims for dims in contracted if not any(i in p.scaled_dims for i in dims)]
+    if len(contracted) == 2 and len(finite) == 1:
+        readout = next(u for u in uses if u.dims != finite[0] and u.kind == "contract")
+        if readout.returned_by is None:
+            raise ValueError(
+                f"{p.name} is used as an input embedding and as the readout (a tied weight), but no module returns "
+                f"the logits it produces unchanged ({readout.op} in {readout.module or 'the root module'}), so their "
+                "1/m_w multiplier has nowhere to go. Compute the readout in its own module (an nn.Linear sharing the "
+                f"weight) or pass roles={{'{p.name}': ...}} to wrap")
+        return finite[0], readout.returned_by
+    warnings.warn(f"{p.name}: contracted over different dims {contracted} in different ops; taking the layout "
+                  f"convention. Pass roles={{'{p.name}': ...}} to wrap if that is wrong", stacklevel=4)
+    return None
+
+
 def _tied_readout(p: ParamShape, table: ShapeTable) -> str | None:
-    """An embedding table that a Linear also uses as its weight: that Linear produces the logits."""
+    """Without a trace: an embedding table that a Linear also uses as its weight; that Linear makes the logits."""
     if p.module_type not in EMBEDDING_TYPES:
         return None
     for alias in p.aliases:

@@ -1,40 +1,73 @@
-"""What a forward pass on meta tensors tells about attention: which module computes it, with which head
-dim, and which module produced its queries.
+"""What one forward pass on meta tensors tells about the model: how each parameter is used, and
+how attention is computed.
 
-muP scales attention logits by 1/d_head instead of 1/sqrt(d_head) when the head dim grows with
-the width. The tracer records, for every ``F.scaled_dot_product_attention`` call, the innermost
-module running it, the query's head dim and the nearest module whose output the query came from
-(through views, transposes and rotary embeddings). Plain data out.
+Two watchers run during the same pass (no memory, no values):
+
+* parameters, at the ATen level where every layer is a handful of ops: each parameter is followed
+  through views, transposes and permutes into the op that uses it. The dims an ``mm``/``bmm``/
+  ``convolution`` contracts are its fan-in; an ``embedding`` or index lookup makes it a table;
+  elementwise use (a position table added, a gain multiplied) is neither. Any other op is unknown.
+* attention, at the Python level: every ``F.scaled_dot_product_attention`` call and every
+  ``softmax`` of a ``q @ k^T`` product, with the query's head dim, the scale it was computed with,
+  and the module output rows the query came from (so its logits can be rescaled on those rows).
+
+Plain data out: :class:`ForwardTrace`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .branches import default_example_inputs
+from .branches import meta_inputs
 
 SCALE_ATTR = "scaling"  # the attribute Hugging Face attention modules (and ours) pass to the kernel
 
 
 @dataclass(frozen=True)
+class Use:
+    """One op that used a parameter."""
+
+    kind: str  # "contract" (mm, bmm, conv), "lookup" (embedding, indexing), "elementwise" or "unknown"
+    dims: tuple[int, ...]  # the parameter's own dims that were contracted or looked up
+    module: str  # the innermost module running the op
+    op: str  # the ATen op, for messages
+    returned_by: str | None = None  # the innermost module returning the op's result unchanged (a readout)
+
+
+@dataclass(frozen=True)
 class AttentionSite:
+    """One attention computation and where its queries came from."""
+
     head_dim: int
-    query_width: int  # heads x head dim of the query
-    query_source: str | None  # the module whose output the query was computed from
+    scale: float | None  # the logit scale the kernel was given (None: the kernel's default 1/sqrt(d))
+    query_source: str | None  # the module whose output rows the query is
+    query_rows: tuple[int, int] | None  # [start, stop) of that output's last dim
+    query_linear: bool  # the query is a linear function of those rows (views, rotary embeddings)
+    shares_rows_with_key: bool  # keys come from the same rows (a per-head fused QKV): rows cannot be scaled alone
 
 
-def attention_sites(model: nn.Module, example_inputs: Any = None) -> dict[str, AttentionSite]:
-    """Attention module name -> what its attention looks like (meta forward, no memory)."""
-    inputs = example_inputs() if callable(example_inputs) else example_inputs
-    inputs = default_example_inputs(model) if inputs is None else tuple(inputs)
+@dataclass(frozen=True)
+class ForwardTrace:
+    uses: dict[str, tuple[Use, ...]]  # parameter name -> its uses, for parameters of two dims or more
+    attention: dict[str, AttentionSite]  # innermost module running the attention -> what it saw
+    scaling_attrs: dict[str, float]  # attention module -> its float ``scaling`` attribute, where it has one
+
+
+def trace_forward(model: nn.Module, example_inputs: Any = None) -> ForwardTrace:
+    """Run ``model`` once on meta tensors and record parameter uses and attention."""
+    inputs = meta_inputs(model, example_inputs)
     stack: list[str] = []
+    params = ParamWatcher({id(p): (n, p.dim()) for n, p in model.named_parameters() if p.dim() >= 2}, stack)
+    attention = AttentionWatcher(stack, {n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None})
 
     def enter(name):
         return lambda module, args: stack.append(name)  # append returns None: the input is untouched
@@ -44,20 +77,17 @@ def attention_sites(model: nn.Module, example_inputs: Any = None) -> dict[str, A
             stack.pop()
             while isinstance(output, (tuple, list)) and output:
                 output = output[0]
-            if isinstance(output, torch.Tensor) and id(output) not in watcher.module_outputs:
-                watcher.module_outputs.add(id(output))  # the innermost module that returns it wins
-                watcher.nearest[id(output)] = name
-                watcher.keep.append(output)
+            if isinstance(output, torch.Tensor):
+                params.returned(output, name)
+                attention.returned(output, name)
         return hook
 
-    found: dict[str, AttentionSite] = {}
-    watcher = _AttentionWatcher(stack, found)
     handles = []
     for name, module in model.named_modules():
         handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
     try:
         model.eval()
-        with watcher, torch.no_grad():
+        with attention, params, torch.no_grad():
             model(*inputs)
     except Exception as exc:
         raise RuntimeError(f"the model's forward failed on meta tensors ({exc}); pass example_inputs=... to "
@@ -65,30 +95,342 @@ def attention_sites(model: nn.Module, example_inputs: Any = None) -> dict[str, A
     finally:
         for h in handles:
             h.remove()
-    return found
+    modules = dict(model.named_modules())
+    scaling = {name: getattr(modules[name], SCALE_ATTR) for name in attention.found
+               if isinstance(getattr(modules[name], SCALE_ATTR, None), float)}
+    return ForwardTrace(params.result(), dict(attention.found), scaling)
 
 
-class _AttentionWatcher(TorchFunctionMode):
-    def __init__(self, stack: list[str], found: dict[str, AttentionSite]):
+# --- parameters, at the ATen level --------------------------------------------------------------
+
+aten = torch.ops.aten
+IDENTITY = {aten.alias, aten.detach, aten.clone, aten._to_copy, aten.lift_fresh, aten.contiguous}
+RESHAPES = {aten.view, aten._unsafe_view, aten.reshape}
+ELEMENTWISE = {aten.cat, aten.stack, aten.copy_, aten.fill_, aten.where, aten.masked_fill}
+
+
+class ParamWatcher(TorchDispatchMode):
+    """Follows every parameter (two dims or more) through views into the ops that use it.
+
+    ``origin`` maps a tensor to (parameter, which of its dims each tensor dim came from); a view
+    carries it on, a use ends it.
+    """
+
+    def __init__(self, params: dict[int, tuple[str, int]], stack: list[str]):
         super().__init__()
         self.stack = stack
-        self.found = found
-        self.nearest: dict[int, str] = {}  # tensor id -> nearest module output it derives from
-        self.module_outputs: set[int] = set()
+        self.origin: dict[int, tuple[str, tuple[frozenset[int], ...]]] = {
+            pid: (name, tuple(frozenset([d]) for d in range(ndim))) for pid, (name, ndim) in params.items()}
+        self.uses: dict[str, list[Use]] = {name: [] for name, _ in params.values()}
+        self.products: dict[int, tuple[str, int]] = {}  # a contraction's result (through views) -> its use
         self.keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        product = next((self.products[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in self.products),
+                       None)
+        if product is not None and (func.is_view or packet in IDENTITY | RESHAPES):
+            self._track_product(out, product)
+        derived = [(i, a) for i, arg in enumerate(args) for a in tree_leaves(arg)  # cat and stack take lists
+                   if isinstance(a, torch.Tensor) and id(a) in self.origin]
+        for i, a in derived:
+            name, dims = self.origin[id(a)]
+            self._follow(func, args, i, a, name, dims, out)
+        return out
+
+    def _follow(self, func, args, i, tensor, name, dims, out) -> None:
+        packet = func.overloadpacket
+        try:
+            carried = carry_dims(func, args, tensor, dims, out)
+        except (IndexError, TypeError, ValueError):
+            carried = None
+        if carried is not None:
+            for t, t_dims in carried:
+                self.origin[id(t)] = (name, t_dims)
+                self.keep.append(t)
+            return
+        contracted = contracted_dims(func, args, i)
+        if contracted is not None:
+            kind, position = contracted
+            self._use(kind, name, sorted(set().union(*(dims[d] for d in position))), func, out)
+        elif torch.Tag.pointwise in func.tags or packet in ELEMENTWISE:
+            self._use("elementwise", name, (), func)
+        else:
+            self._use("unknown", name, (), func)
+
+    def _use(self, kind: str, name: str, dims, func, out=None) -> None:
+        self.uses[name].append(Use(kind, tuple(dims), self.stack[-1] if self.stack else "", str(func)))
+        if kind == "contract" and isinstance(out, torch.Tensor):
+            self._track_product(out, (name, len(self.uses[name]) - 1))
+
+    def _track_product(self, out, product) -> None:
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.products[id(t)] = product
+                self.keep.append(t)
+
+    def returned(self, output: torch.Tensor, module: str) -> None:
+        """A module returned a contraction's result: the innermost such module produces those logits."""
+        if id(output) in self.products:
+            name, index = self.products.pop(id(output))
+            use = self.uses[name][index]
+            if use.returned_by is None:
+                self.uses[name][index] = replace(use, returned_by=module)
+
+    def result(self) -> dict[str, tuple[Use, ...]]:
+        return {name: tuple(uses) for name, uses in self.uses.items()}
+
+
+def carry_dims(func, args, tensor, dims, out):
+    """For a view-like op: [(output tensor, its dims as sets of parameter dims)]; None for any other op."""
+    packet = func.overloadpacket
+    ndim = tensor.dim()
+    if packet in IDENTITY or (torch.Tag.pointwise in func.tags and _same_shape_scalars(args, tensor, out)):
+        return [(out, dims)]  # a cast, a copy, a scaling by a number: still the same parameter
+    if packet is aten.t:
+        return [(out, dims[::-1])]
+    if packet is aten.transpose:
+        a, b = (d % ndim for d in args[1:3])
+        moved = list(dims)
+        moved[a], moved[b] = moved[b], moved[a]
+        return [(out, tuple(moved))]
+    if packet is aten.permute:
+        return [(out, tuple(dims[d % ndim] for d in args[1]))]
+    if packet is aten.unsqueeze:
+        at = args[1] % (ndim + 1)
+        return [(out, dims[:at] + (frozenset(),) + dims[at:])]
+    if packet is aten.expand:
+        return [(out, (frozenset(),) * (out.dim() - ndim) + dims)]
+    if packet in (aten.slice, aten.narrow, aten.split, aten.split_with_sizes, aten.chunk):
+        return [(t, dims) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if packet in (aten.select, aten.unbind):
+        at = args[1] % ndim if len(args) > 1 else 0
+        return [(t, dims[:at] + dims[at + 1:]) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if packet is aten.squeeze:
+        which = args[1] if len(args) > 1 else range(ndim)
+        which = {d % ndim for d in (which if isinstance(which, (list, tuple, range)) else [which])}
+        return [(out, tuple(d for i, d in enumerate(dims) if i not in which or tensor.shape[i] != 1))]
+    if packet in RESHAPES:
+        return [(out, regroup(tuple(tensor.shape), tuple(out.shape), dims))]
+    return None
+
+
+def _same_shape_scalars(args, tensor, out) -> bool:
+    """``weight * 0.5`` or ``weight.float()``: same shape out, every other operand a number."""
+    others = [a for a in args if a is not tensor]
+    return (isinstance(out, torch.Tensor) and out.shape == tensor.shape
+            and all(not isinstance(a, torch.Tensor) or a.dim() == 0 for a in others))
+
+
+def regroup(before: tuple[int, ...], after: tuple[int, ...], dims: tuple[frozenset[int], ...]):
+    """Dims of a reshape's output as sets of parameter dims: merged or split dims share their sources."""
+    result: list[frozenset[int]] = []
+    i = j = 0
+    while j < len(after):
+        if after[j] == 1:
+            result.append(frozenset())
+            j += 1
+            if i < len(before) and before[i] == 1:
+                i += 1
+            continue
+        while i < len(before) and before[i] == 1:
+            i += 1
+        group, size_before, size_after, first = set(), 1, 1, j
+        while True:
+            if size_before <= size_after or j >= len(after):
+                size_before *= before[i]
+                group |= dims[i]
+                i += 1
+            else:
+                size_after *= after[j]
+                j += 1
+            if size_before == size_after and j > first:
+                break
+        result += [frozenset(group)] * (j - first)
+    return tuple(result)
+
+
+def contracted_dims(func, args, i: int) -> tuple[str, tuple[int, ...]] | None:
+    """(kind, which dims of argument ``i``) for ops that contract or look up; None for any other op."""
+    packet = func.overloadpacket
+    if packet in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm):
+        first = 1 if packet in (aten.addmm, aten.baddbmm) else 0
+        if i == first:
+            return "contract", (args[i].dim() - 1,)
+        if i == first + 1:
+            return "contract", (args[i].dim() - 2,)
+        return None
+    if packet in (aten.convolution, aten._convolution) and i == 1:
+        transposed = args[6]
+        return "contract", ((0,) if transposed else (1,)) + tuple(range(2, args[1].dim()))
+    if packet in (aten.embedding, aten._embedding_bag, aten.embedding_bag) and i == 0:
+        return "lookup", (0,)
+    if packet is aten.index and i == 0:
+        return "lookup", tuple(d for d, index in enumerate(args[1]) if index is not None)
+    if packet is aten.index_select and i == 0:
+        return "lookup", (args[1] % args[0].dim(),)
+    return None
+
+
+# --- attention, at the Python level -------------------------------------------------------------
+
+VIEWS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.transpose, torch.transpose,
+         torch.Tensor.permute, torch.permute, torch.Tensor.contiguous, torch.Tensor.flatten, torch.flatten,
+         torch.Tensor.unflatten, torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.squeeze, torch.squeeze,
+         torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.to, torch.Tensor.float, torch.Tensor.half,
+         torch.Tensor.bfloat16, torch.Tensor.type_as, torch.Tensor.clone, torch.Tensor.movedim, torch.movedim,
+         torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.neg, torch.neg, torch.Tensor.__neg__}
+SLICES = {torch.Tensor.__getitem__, torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk,
+          torch.Tensor.narrow, torch.narrow}
+DIVISIONS = {torch.Tensor.div, torch.div, torch.Tensor.__truediv__}
+PRODUCTS = {torch.Tensor.mul, torch.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__} | DIVISIONS
+SUMS = {torch.Tensor.add, torch.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.sub, torch.sub,
+        torch.Tensor.__sub__, torch.cat, torch.stack}
+MASKINGS = {torch.Tensor.masked_fill, torch.masked_fill, torch.where, torch.Tensor.__add__, torch.Tensor.add,
+            torch.add, F.dropout, torch.Tensor.to, torch.Tensor.float, torch.Tensor.type_as, torch.Tensor.contiguous}
+MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+SOFTMAXES = {F.softmax, torch.softmax, torch.Tensor.softmax}
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A tensor as a function of the rows [start, stop) of one module output's last dim."""
+
+    start: int
+    stop: int
+    channels: bool  # the tensor's last dim still is that output's last dim (no heads split off yet)
+    linear: bool  # only linear ops since (views, slices, products with other things: rotary embeddings)
+
+
+Lineage = dict[str, Rows]  # module whose output a tensor derives from -> how
+
+
+@dataclass(frozen=True)
+class Scores:
+    """``q @ k^T`` on its way to a softmax, with the number it was multiplied by."""
+
+    query: Lineage
+    key: Lineage
+    head_dim: int
+    scale: float
+
+
+class AttentionWatcher(TorchFunctionMode):
+    """Tracks which module-output rows every tensor is a function of, and reports attention."""
+
+    def __init__(self, stack: list[str], owners: set[str]):
+        super().__init__()
+        self.stack = stack
+        self.owners = owners  # modules that own parameters: the query's projection is preferred to a wrapper
+        self.found: dict[str, AttentionSite] = {}
+        self.lineage: dict[int, Lineage] = {}
+        self.scores: dict[int, Scores] = {}
+        self.keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused
+
+    def returned(self, output: torch.Tensor, module: str) -> None:
+        """A module output starts a lineage, unless it already is an inner module's output (rows 0..end)."""
+        lineage = self.lineage.setdefault(id(output), {})
+        last = int(output.shape[-1]) if output.dim() else 1
+        if not any(r.linear and r.channels and (r.start, r.stop) == (0, last) for r in lineage.values()):
+            lineage[module] = Rows(0, last, True, True)
+            self.keep.append(output)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            query = args[0] if args else kwargs["query"]
-            self.found[self.stack[-1] if self.stack else ""] = AttentionSite(
-                int(query.shape[-1]), int(query.shape[-1] * query.shape[-3]) if query.dim() >= 3 else int(query.shape[-1]),
-                self.nearest.get(id(query)))
         out = func(*args, **kwargs)
-        source = next((self.nearest[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in self.nearest), None)
-        if source is not None:
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    self.nearest.setdefault(id(t), source)
-                    self.keep.append(t)
+        if func is F.scaled_dot_product_attention:
+            q = args[0] if args else kwargs["query"]
+            k = args[1] if len(args) > 1 else kwargs["key"]
+            self._site(self.lineage.get(id(q), {}), self.lineage.get(id(k), {}), int(q.shape[-1]), kwargs.get("scale"))
+            return out
+        if func in SOFTMAXES and id(args[0]) in self.scores:
+            s = self.scores[id(args[0])]
+            self._site(s.query, s.key, s.head_dim, s.scale)
+        elif func in MATMULS and len(args) == 2 and all(id(a) in self.lineage for a in args):
+            self._mark(out, Scores(self.lineage[id(args[0])], self.lineage[id(args[1])], int(args[0].shape[-1]), 1.0))
+        elif args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.scores:
+            self._carry_scores(func, args, out)
+        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        if any(id(t) in self.lineage for t in tensors):
+            self._carry_lineage(func, args, tensors, out)
         return out
+
+    def _site(self, query: Lineage, key: Lineage, head_dim: int, scale: float | None) -> None:
+        linear = [m for m, r in query.items() if r.linear]
+        source = next((m for m in linear if m in self.owners), linear[0] if linear else None)
+        rows = None if source is None else query[source]
+        shared = rows is not None and source in key and rows.start < key[source].stop and key[source].start < rows.stop
+        self.found[self.stack[-1] if self.stack else ""] = AttentionSite(
+            head_dim, scale, source, None if rows is None else (rows.start, rows.stop), rows is not None, shared)
+
+    def _mark(self, out, scores: Scores) -> None:
+        if isinstance(out, torch.Tensor):
+            self.scores[id(out)] = scores
+            self.keep.append(out)
+
+    def _carry_scores(self, func, args, out) -> None:
+        s = self.scores[id(args[0])]
+        number = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) else None
+        if func in PRODUCTS and number is not None:
+            self._mark(out, replace(s, scale=s.scale / number if func in DIVISIONS else s.scale * number))
+        elif func in MASKINGS:
+            self._mark(out, s)
+
+    def _carry_lineage(self, func, args, tensors, out) -> None:
+        lineages = [self.lineage.get(id(t), {}) for t in tensors]
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        for t in outputs:
+            if func in VIEWS | SLICES:
+                carried = {m: _viewed(r, func, args, t, outputs) for m, r in lineages[0].items()}
+            elif func in PRODUCTS | SUMS:
+                carried = _combined(lineages, linear_in_each=func in PRODUCTS, concatenated=func in (torch.cat, torch.stack))
+            else:
+                carried = {m: replace(r, linear=False, channels=False) for lin in lineages for m, r in lin.items()}
+            self.lineage.setdefault(id(t), {}).update({m: r for m, r in carried.items()
+                                                        if m not in self.lineage.get(id(t), {})})
+            self.keep.append(t)
+
+
+def _combined(lineages: list[Lineage], linear_in_each: bool, concatenated: bool) -> Lineage:
+    """A product is linear in a source that only one factor derives from; a sum, in one that every term does."""
+    result: Lineage = {}
+    for m in dict.fromkeys(m for lin in lineages for m in lin):
+        having = [lin[m] for lin in lineages if m in lin]
+        linear = all(r.linear for r in having) and (len(having) == 1 if linear_in_each else len(having) == len(lineages))
+        result[m] = replace(having[0], linear=linear, channels=having[0].channels and not concatenated)
+    return result
+
+
+def _viewed(rows: Rows, func, args, piece: torch.Tensor, pieces: list[torch.Tensor]) -> Rows:
+    """Rows after a view or a slice: slicing the module output's own last dim narrows the rows."""
+    whole = args[0]
+    if piece.dim() and piece.shape[-1] == whole.shape[-1]:
+        return replace(rows, channels=rows.channels and _last_dim_stays(whole, func, args))
+    if func not in SLICES or not rows.channels:
+        return replace(rows, channels=False)  # heads split off (or a slice within a head, as rotary embeddings do)
+    if len(pieces) > 1:  # split / chunk along the last dim: the pieces in order
+        offset = sum(int(p.shape[-1]) for p in pieces[:next(i for i, p in enumerate(pieces) if p is piece)])
+        return replace(rows, start=rows.start + offset, stop=rows.start + offset + int(piece.shape[-1]))
+    index = args[1] if len(args) > 1 else None
+    if isinstance(index, tuple) and index and isinstance(index[-1], slice) and (
+            len(index) == whole.dim() or Ellipsis in index):
+        start, stop, step = index[-1].indices(int(whole.shape[-1]))
+        if step == 1:
+            return replace(rows, start=rows.start + start, stop=rows.start + stop)
+    if func in (torch.Tensor.narrow, torch.narrow) and args[1] % whole.dim() == whole.dim() - 1:
+        return replace(rows, start=rows.start + args[2], stop=rows.start + args[2] + args[3])
+    return replace(rows, linear=False, channels=False)
+
+
+def _last_dim_stays(before: torch.Tensor, func, args) -> bool:
+    """A view that keeps the module output's last dim last (no transpose or permute moving it)."""
+    if func in (torch.Tensor.transpose, torch.transpose):
+        return all(d % before.dim() != before.dim() - 1 for d in args[-2:])
+    return func not in (torch.Tensor.permute, torch.permute, torch.Tensor.movedim, torch.movedim)
+
+
+def logit_scale(site: AttentionSite) -> float:
+    """The scale the kernel applied: the one it was given, or its default 1/sqrt(d_head)."""
+    return 1 / math.sqrt(site.head_dim) if site.scale is None else site.scale

@@ -1,0 +1,213 @@
+"""Roles and attention from traced use: parameters followed through views, einsum and matmuls into the
+ops that use them; tied readouts; attention rescaled with no ``scaling`` attribute; the fallbacks."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ezmup_plus as ezp
+from tiny_models import TiedLM
+
+
+class StoredInOut(nn.Module):
+    """Bare parameters stored (in, out) and used through ``@`` and ``einsum``; one is 3-d, per head."""
+
+    def __init__(self, width, heads=4):
+        super().__init__()
+        self.w_in = nn.Parameter(torch.randn(8, width) / 8**0.5)
+        self.w_up = nn.Parameter(torch.randn(width, 4 * width) / width**0.5)
+        self.w_heads = nn.Parameter(torch.randn(heads, 4 * width, width // heads) / (4 * width) ** 0.5)
+        self.w_out = nn.Parameter(torch.randn(width, 3) / width**0.5)
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w_in)
+        h = torch.relu(h @ self.w_up)
+        h = torch.einsum("bi,hid->bhd", h, self.w_heads).flatten(1)
+        return torch.relu(h) @ self.w_out
+
+
+class SameWithLinears(nn.Module):
+    """The reference: the same function written with nn.Linear, whose layout the conventions know."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.w_in, self.w_up = nn.Linear(8, width, bias=False), nn.Linear(width, 4 * width, bias=False)
+        self.w_heads, self.w_out = nn.Linear(4 * width, width, bias=False), nn.Linear(width, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.w_up(torch.relu(self.w_in(x))))
+        return self.w_out(torch.relu(self.w_heads(h)))
+
+
+def test_fan_in_is_the_contracted_dim_whatever_the_layout():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the trace tells every fan-in: no fallback warning
+        ours = ezp.wrap(StoredInOut, base_width=32, width_multiple=4, example_inputs=(torch.randn(2, 8),)).plan(width=128)
+    reference = ezp.wrap(SameWithLinears, base_width=32).plan(width=128)
+    for name in ("w_in", "w_up", "w_heads", "w_out"):
+        t, ref = ours[name], reference[f"{name}.weight"]
+        assert (t.role, t.fan_in, t.source) == (ref.role, ref.fan_in, "trace"), name
+        assert (t.lr_mult, t.init_factor, t.eps_mult) == pytest.approx((ref.lr_mult, ref.init_factor, ref.eps_mult))
+    assert str(ours["w_up"].fan_in) == "w" and ours["w_out"].role == "output"  # the (in, out) convention would miss
+    assert str(ours["w_heads"].fan_in) == "4*w"  # contracted dim 1 of (heads, 4w, w/heads)
+
+
+class Cumsum(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.lin = nn.Linear(4, width)
+        self.w = nn.Parameter(torch.randn(width, width))
+
+    def forward(self, x):
+        return self.lin(x) @ torch.cumsum(self.w, 0)
+
+
+def test_an_unknown_op_falls_back_with_a_warning_naming_the_tensor():
+    with pytest.warns(UserWarning, match=r"w: used by aten\.cumsum.*cannot read a fan-in.*roles=\{'w'"):
+        plan = ezp.wrap(Cumsum, base_width=32).plan(width=64)
+    assert plan["w"].role == "hidden" and plan["w"].source == "convention"
+
+
+class NeedsValues(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.lin, self.out = nn.Linear(4, width), nn.Linear(width, 1)
+
+    def forward(self, x):
+        if x.abs().max().item() > 1e6:  # reads a value: impossible on meta tensors
+            x = x.clamp(-1e6, 1e6)
+        return self.out(torch.relu(self.lin(x)))
+
+
+def test_a_forward_that_fails_on_meta():
+    with pytest.warns(UserWarning, match="forward was not traced, so roles come from layer types"):
+        plan = ezp.wrap(NeedsValues, base_width=32).plan(width=64)
+    assert plan["out.weight"].role == "output" and plan["out.weight"].source == "convention"
+    with pytest.raises(RuntimeError, match="failed on meta tensors.*pass example_inputs"):
+        ezp.wrap(NeedsValues, base_width=32, example_inputs=(torch.randn(2, 4),)).plan(width=64)
+
+
+class TiedMatmulLM(TiedLM):
+    """TiedLM's function, with the readout written as a matmul in the root's forward."""
+
+    def forward(self, idx):
+        return torch.relu(self.hidden(self.emb(idx))) @ self.emb.weight.T
+
+
+def test_a_tied_readout_written_as_a_matmul_is_found():
+    plan = ezp.wrap(TiedMatmulLM, base_width=32).plan(width=128)
+    assert plan["emb.weight"].role == "input" and plan["emb.weight"].lr_mult == 1.0
+    assert plan.multipliers == {"": pytest.approx(0.25)}  # the root returns the logits
+    torch.manual_seed(0)
+    ours = ezp.wrap(TiedMatmulLM, base_width=32)(width=128)
+    reference = ezp.wrap(TiedLM, base_width=32)(width=128)  # tied through aliasing, multiplier on `head`
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    idx = torch.randint(0, 16, (4, 5))
+    torch.testing.assert_close(ours(idx), reference(idx))
+
+
+class TiedThenSoftmax(TiedLM):
+    def forward(self, idx):
+        return (torch.relu(self.hidden(self.emb(idx))) @ self.emb.weight.T).log_softmax(-1)
+
+
+def test_a_tied_readout_with_nowhere_for_its_multiplier_is_an_error():
+    with pytest.raises(ValueError, match=r"emb.weight is used as an input embedding and as the readout.*own module"):
+        ezp.wrap(TiedThenSoftmax, base_width=32).plan(width=64)
+
+
+# --- attention with no `scaling` attribute: the query rows are rescaled --------------------------
+
+def rotary(x):
+    """A rotary embedding on the head dim: slices, a concatenation and products with cos/sin tables."""
+    angle = torch.arange(x.shape[-2], device=x.device)[:, None] * 0.1
+    half = x.shape[-1] // 2
+    return x * angle.cos() + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * angle.sin()
+
+
+class Attention(nn.Module):
+    """q @ k^T / sqrt(d) then softmax, or SDPA with its default scale, from a fused or unfused projection."""
+
+    def __init__(self, width, heads, kernel, fused, q_norm, logit_mult):
+        super().__init__()
+        self.heads, self.kernel, self.fused, self.logit_mult = heads, kernel, fused, logit_mult
+        self.qkv = nn.Linear(width, 3 * width) if fused else None
+        self.q, self.k, self.v = (None, None, None) if fused else (nn.Linear(width, width) for _ in range(3))
+        self.q_norm = nn.LayerNorm(width) if q_norm else None
+
+    def forward(self, x):
+        b, t, c = x.shape
+        d = c // self.heads
+        q, k, v = self.qkv(x).split(c, dim=-1) if self.fused else (self.q(x), self.k(x), self.v(x))
+        q = self.q_norm(q) if self.q_norm is not None else q
+        q, k, v = (z.view(b, t, self.heads, d).transpose(1, 2) for z in (q, k, v))
+        q, k = rotary(q), rotary(k)
+        if self.kernel == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, scale=None if self.logit_mult == 1 else self.logit_mult / d**0.5)
+        else:
+            y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
+        return y.transpose(1, 2).reshape(b, t, c)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, width, heads=2, kernel="matmul", fused=False, q_norm=False, logit_mult=1.0):
+        super().__init__()
+        self.emb = nn.Embedding(16, width)
+        self.attn = Attention(width, heads, kernel, fused, q_norm, logit_mult)
+        self.out = nn.Linear(width, 16)
+
+    def forward(self, idx):
+        return self.out(self.attn(self.emb(idx)))
+
+
+@pytest.mark.parametrize("kernel,fused,q_norm,query", [
+    ("matmul", False, False, ("attn.q", 0, 64)),
+    ("sdpa", True, False, ("attn.qkv", 0, 64)),  # the first third of the fused output
+    ("matmul", False, True, ("attn.q_norm", 0, 64)),  # a norm on the queries: its output is rescaled
+])
+def test_attention_without_a_scaling_attribute_rescales_the_query_rows(kernel, fused, q_norm, query):
+    options = dict(kernel=kernel, fused=fused, q_norm=q_norm)
+    f = ezp.wrap(TinyTransformer, base_width=16, width_multiple=2, **options)
+    a = f.plan(width=64).attention["attn"]
+    assert (a.factor, a.via, (a.query, a.start, a.stop)) == (pytest.approx(0.5), "query", query)  # sqrt(8/32)
+    torch.manual_seed(0)
+    ours = f(width=64)
+    reference = TinyTransformer(64, logit_mult=0.5, **options)  # 1/d relative to base, written by hand
+    reference.load_state_dict(ours.state_dict())
+    idx = torch.randint(0, 16, (3, 7))
+    torch.testing.assert_close(ours(idx), reference(idx))
+    ours(idx).square().sum().backward()
+    reference(idx).square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert f(width=16)(idx).shape == (3, 7, 16)  # base: no hook
+
+
+class PerHeadFused(TinyTransformer):
+    """q, k, v interleaved per head in one projection (as GPT-NeoX does): the query rows are not one block."""
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        b, t, c = x.shape
+        qkv = self.attn.q(x).repeat(1, 1, 3).view(b, t, self.attn.heads, -1).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
+
+
+class NormalizedQueries(TinyTransformer):
+    def forward(self, idx):
+        x = self.emb(idx)
+        q, k = F.normalize(self.attn.q(x), dim=-1).unsqueeze(1), self.attn.k(x).unsqueeze(1)
+        return self.out(F.scaled_dot_product_attention(q, k, k).squeeze(1))
+
+
+@pytest.mark.parametrize("model,message", [(PerHeadFused, "per-head fused QKV"),
+                                           (NormalizedQueries, "not a linear function of one module output")])
+def test_attention_that_cannot_be_rescaled_is_an_error(model, message):
+    with pytest.raises(ValueError, match=f"computes attention with a head dim that grows.*{message}.*attn_scale"):
+        ezp.wrap(model, base_width=16, width_multiple=2).plan(width=64)
+    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the way out
