@@ -102,13 +102,15 @@ class MupPlan:
                 f"(base {self.base_width})")
         if self.depth is not None:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
-        columns = ("name", "shape", "role", "init_std", "lr", "wd", "eps", "mult")
+        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "lr", "wd", "eps", "mult")
         rows = [columns]
         for t in self:
             rows.append((
                 t.name,
                 "(" + ", ".join(str(d) for d in t.shape_expr) + ")",
-                t.role + ("*" if t.source == "override" else ""),
+                str(t.fan_in),
+                t.role,
+                t.source,
                 "keep" if t.init_std is None else f"{t.init_std:.4g}",
                 f"{t.lr_mult:.4g}",
                 f"{t.wd_mult:.4g}",

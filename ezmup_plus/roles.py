@@ -33,7 +33,7 @@ class Role:
     role: str
     fan_in_dims: tuple[int, ...]
     tied_readout: str | None = None  # module whose output is the logits of a tied embedding
-    source: str = "convention"  # "convention", "trace" or "override"
+    source: str = "convention"  # "trace", "convention" (layer type), "shape" (one dim) or "override"
 
     def fan_in(self, dims: tuple[sympy.Expr, ...]) -> sympy.Expr:
         return sympy.Mul(*(dims[i] for i in self.fan_in_dims))
@@ -84,6 +84,9 @@ def classify(table: ShapeTable, overrides: Mapping[str, str] | None = None,
             roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, tied_readout, "trace")
             continue
         fan_in_dims, guessed = convention_fan_in(p)
+        if len(p.dims) < 2:  # a bias or a gain: its shape says everything
+            roles[name] = Role(role_from_shape(p.dims, fan_in_dims), fan_in_dims, source="shape")
+            continue
         if guessed and p.scaled_dims and not (uses and name in uses and uses[name]):
             warnings.warn(
                 f"{name}: a {len(p.dims)}-d tensor of a {p.module_type or 'root'} module that the traced forward "

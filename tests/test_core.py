@@ -2,6 +2,7 @@
 and 16x written out by hand, exact training steps against a hand-written reference muP MLP, the
 coordinate check, and every bad-input error of the core issue."""
 
+import re
 import copy
 import math
 import pickle
@@ -352,7 +353,7 @@ def test_unknown_optimizer_and_missing_plan(mlp):
 def test_role_overrides(mlp):
     plan = ezp.wrap(MLP, base_width=64, roles={"readout.*": "hidden"}).plan(width=128)
     assert plan["readout.weight"].role == "hidden" and plan["readout.bias"].role == "hidden"
-    assert "hidden*" in str(plan)
+    assert re.search(r"readout.weight .* hidden +override", str(plan))
     with pytest.raises(ValueError, match=r"roles\['head.\*'\] matches no parameter"):
         ezp.wrap(MLP, base_width=64, roles={"head.*": "output"}).plan(width=128)
     with pytest.raises(ValueError, match="is not a role"):
