@@ -6,6 +6,7 @@ Maximal Update Parametrization (muP) in its spectral form, from a model factory 
 from .build import MupFactory, plan_of, rescale_init, wrap
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_config, load_config
+from .export import export_standard
 from .diagnostics import coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
 from .plan import MupPlan, TensorPlan
@@ -19,6 +20,7 @@ __all__ = [
     "ROLES",
     "TensorPlan",
     "coord_check",
+    "export_standard",
     "from_config",
     "get_mup_optimizer",
     "load_checkpoint",

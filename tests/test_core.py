@@ -2,10 +2,10 @@
 and 16x written out by hand, exact training steps against a hand-written reference muP MLP, the
 coordinate check, and every bad-input error of the core issue."""
 
-import re
 import copy
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -57,6 +57,8 @@ def test_plan_yaml_round_trip(mlp):
     again = ezp.MupPlan.from_yaml(plan.to_yaml())
     assert again == plan
     assert again.for_family("sgd") == plan.for_family("sgd")
+    gpt = ezp.wrap(GPT, base_width=16, width_multiple=4, base_depth=2).plan(width=64, depth=4)
+    assert gpt.attention and ezp.MupPlan.from_yaml(gpt.to_yaml()) == gpt  # attention scales, depth, multipliers
 
 
 def test_plan_at_base_is_all_ones(mlp):

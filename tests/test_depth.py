@@ -11,6 +11,7 @@ from torch import nn
 import ezmup_plus as ezp
 from ezmup_plus.models import hf
 from ezmup_plus.models.gpt import GPT
+from tiny_models import HookResNet
 
 
 class ResMLP(nn.Module):
@@ -283,31 +284,6 @@ def test_optimizer_refuses_depth_in_place_and_a_mismatched_depth(resmlp):
         ezp.get_mup_optimizer(ResMLP(47, 2), lr=1e-2, width=64, depth=4)
     with pytest.raises(ValueError, match="carries a plan for depth 4; got depth=8"):
         ezp.get_mup_optimizer(resmlp(width=32, depth=4), lr=1e-2, depth=8)
-
-
-class HalfBranch(nn.Module):
-    """A branch output that owns no weight of its own: the multiplier must be a forward hook on it."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.fc = nn.Linear(width, width)
-
-    def forward(self, x):
-        return 0.5 * self.fc(x)
-
-
-class HookResNet(nn.Module):
-    def __init__(self, width, depth):
-        super().__init__()
-        self.inp = nn.Linear(8, width)
-        self.blocks = nn.ModuleList(HalfBranch(width) for _ in range(depth))
-        self.out = nn.Linear(width, 1)
-
-    def forward(self, x):
-        x = self.inp(x)
-        for b in self.blocks:
-            x = x + b(torch.tanh(x))
-        return self.out(x)
 
 
 class ReferenceHookResNet(HookResNet):

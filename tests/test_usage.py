@@ -1,7 +1,6 @@
 """Roles and attention from traced use: parameters followed through views, einsum and matmuls into the
 ops that use them; tied readouts; attention rescaled with no ``scaling`` attribute; the fallbacks."""
 
-import math
 import warnings
 
 import pytest
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ezmup_plus as ezp
-from tiny_models import TiedLM
+from tiny_models import TiedLM, TinyTransformer
 
 
 class StoredInOut(nn.Module):
@@ -121,48 +120,6 @@ def test_a_tied_readout_with_nowhere_for_its_multiplier_is_an_error():
 
 
 # --- attention with no `scaling` attribute: the query rows are rescaled --------------------------
-
-def rotary(x):
-    """A rotary embedding on the head dim: slices, a concatenation and products with cos/sin tables."""
-    angle = torch.arange(x.shape[-2], device=x.device)[:, None] * 0.1
-    half = x.shape[-1] // 2
-    return x * angle.cos() + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * angle.sin()
-
-
-class Attention(nn.Module):
-    """q @ k^T / sqrt(d) then softmax, or SDPA with its default scale, from a fused or unfused projection."""
-
-    def __init__(self, width, heads, kernel, fused, q_norm, logit_mult):
-        super().__init__()
-        self.heads, self.kernel, self.fused, self.logit_mult = heads, kernel, fused, logit_mult
-        self.qkv = nn.Linear(width, 3 * width) if fused else None
-        self.q, self.k, self.v = (None, None, None) if fused else (nn.Linear(width, width) for _ in range(3))
-        self.q_norm = nn.LayerNorm(width) if q_norm else None
-
-    def forward(self, x):
-        b, t, c = x.shape
-        d = c // self.heads
-        q, k, v = self.qkv(x).split(c, dim=-1) if self.fused else (self.q(x), self.k(x), self.v(x))
-        q = self.q_norm(q) if self.q_norm is not None else q
-        q, k, v = (z.view(b, t, self.heads, d).transpose(1, 2) for z in (q, k, v))
-        q, k = rotary(q), rotary(k)
-        if self.kernel == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, scale=None if self.logit_mult == 1 else self.logit_mult / d**0.5)
-        else:
-            y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
-        return y.transpose(1, 2).reshape(b, t, c)
-
-
-class TinyTransformer(nn.Module):
-    def __init__(self, width, heads=2, kernel="matmul", fused=False, q_norm=False, logit_mult=1.0):
-        super().__init__()
-        self.emb = nn.Embedding(16, width)
-        self.attn = Attention(width, heads, kernel, fused, q_norm, logit_mult)
-        self.out = nn.Linear(width, 16)
-
-    def forward(self, idx):
-        return self.out(self.attn(self.emb(idx)))
-
 
 @pytest.mark.parametrize("kernel,fused,q_norm,query", [
     ("matmul", False, False, ("attn.q", 0, 64)),

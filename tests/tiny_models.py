@@ -1,6 +1,9 @@
 """Small models the tests share."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -16,3 +19,70 @@ class TiedLM(nn.Module):
 
     def forward(self, idx):
         return self.head(torch.relu(self.hidden(self.emb(idx))))
+
+
+class HalfBranch(nn.Module):
+    """A branch output that owns no weight of its own: the multiplier must be a forward hook on it."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return 0.5 * self.fc(x)
+
+
+class HookResNet(nn.Module):
+    def __init__(self, width, depth):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(HalfBranch(width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + b(torch.tanh(x))
+        return self.out(x)
+
+
+def rotary(x):
+    """A rotary embedding on the head dim: slices, a concatenation and products with cos/sin tables."""
+    angle = torch.arange(x.shape[-2], device=x.device)[:, None] * 0.1
+    half = x.shape[-1] // 2
+    return x * angle.cos() + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * angle.sin()
+
+
+class Attention(nn.Module):
+    """q @ k^T / sqrt(d) then softmax, or SDPA with its default scale, from a fused or unfused projection."""
+
+    def __init__(self, width, heads, kernel, fused, q_norm, logit_mult):
+        super().__init__()
+        self.heads, self.kernel, self.fused, self.logit_mult = heads, kernel, fused, logit_mult
+        self.qkv = nn.Linear(width, 3 * width) if fused else None
+        self.q, self.k, self.v = (None, None, None) if fused else (nn.Linear(width, width) for _ in range(3))
+        self.q_norm = nn.LayerNorm(width) if q_norm else None
+
+    def forward(self, x):
+        b, t, c = x.shape
+        d = c // self.heads
+        q, k, v = self.qkv(x).split(c, dim=-1) if self.fused else (self.q(x), self.k(x), self.v(x))
+        q = self.q_norm(q) if self.q_norm is not None else q
+        q, k, v = (z.view(b, t, self.heads, d).transpose(1, 2) for z in (q, k, v))
+        q, k = rotary(q), rotary(k)
+        if self.kernel == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, scale=None if self.logit_mult == 1 else self.logit_mult / d**0.5)
+        else:
+            y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
+        return y.transpose(1, 2).reshape(b, t, c)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, width, heads=2, kernel="matmul", fused=False, q_norm=False, logit_mult=1.0):
+        super().__init__()
+        self.emb = nn.Embedding(16, width)
+        self.attn = Attention(width, heads, kernel, fused, q_norm, logit_mult)
+        self.out = nn.Linear(width, 16)
+
+    def forward(self, idx):
+        return self.out(self.attn(self.emb(idx)))
