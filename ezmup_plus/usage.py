@@ -50,8 +50,7 @@ class AttentionSite:
     head_dim: int
     scale: float | None  # the logit scale the kernel was given (None: the kernel's default 1/sqrt(d))
     query_source: str | None  # the module whose output rows the query is
-    query_rows: tuple[int, int] | None  # [start, stop) of that output's last dim
-    query_linear: bool  # the query is a linear function of those rows (views, rotary embeddings)
+    query_rows: tuple[int, int] | None  # [start, stop) of its last dim; the query is a linear function of them
     shares_rows_with_key: bool  # keys come from the same rows (a per-head fused QKV): rows cannot be scaled alone
 
 
@@ -62,12 +61,14 @@ class ForwardTrace:
     scaling_attrs: dict[str, float]  # attention module -> its float ``scaling`` attribute, where it has one
 
 
-def trace_forward(model: nn.Module, example_inputs: Any = None) -> ForwardTrace:
-    """Run ``model`` once on meta tensors and record parameter uses and attention."""
+def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: bool = True) -> ForwardTrace:
+    """Run ``model`` once on meta tensors and record attention and (with ``follow_params``) parameter uses."""
     inputs = meta_inputs(model, example_inputs)
     stack: list[str] = []
-    params = ParamWatcher({id(p): (n, p.dim()) for n, p in model.named_parameters() if p.dim() >= 2}, stack)
-    attention = AttentionWatcher(stack, {n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None})
+    followed = {id(p): (n, p.dim()) for n, p in model.named_parameters() if p.dim() >= 2 and follow_params}
+    params = ParamWatcher(followed, stack)
+    owners = {n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
+    attention = AttentionWatcher(stack, owners)
 
     def enter(name):
         return lambda module, args: stack.append(name)  # append returns None: the input is untouched
@@ -296,15 +297,15 @@ SOFTMAXES = {F.softmax, torch.softmax, torch.Tensor.softmax}
 
 @dataclass(frozen=True)
 class Rows:
-    """A tensor as a function of the rows [start, stop) of one module output's last dim."""
+    """A tensor as a linear function of the rows [start, stop) of one module output's last dim."""
 
     start: int
     stop: int
     channels: bool  # the tensor's last dim still is that output's last dim (no heads split off yet)
-    linear: bool  # only linear ops since (views, slices, products with other things: rotary embeddings)
 
 
-Lineage = dict[str, Rows]  # module whose output a tensor derives from -> how
+Lineage = dict[str, Rows]  # module -> the rows of its output a tensor is a linear function of (views,
+# slices, products with other things as rotary embeddings do); a nonlinear op ends a lineage
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ class Scores:
 
 
 class AttentionWatcher(TorchFunctionMode):
-    """Tracks which module-output rows every tensor is a function of, and reports attention."""
+    """Tracks which module-output rows every tensor is a linear function of, and reports attention."""
 
     def __init__(self, stack: list[str], owners: set[str]):
         super().__init__()
@@ -333,8 +334,8 @@ class AttentionWatcher(TorchFunctionMode):
         """A module output starts a lineage, unless it already is an inner module's output (rows 0..end)."""
         lineage = self.lineage.setdefault(id(output), {})
         last = int(output.shape[-1]) if output.dim() else 1
-        if not any(r.linear and r.channels and (r.start, r.stop) == (0, last) for r in lineage.values()):
-            lineage[module] = Rows(0, last, True, True)
+        if not any(r.channels and (r.start, r.stop) == (0, last) for r in lineage.values()):
+            lineage[module] = Rows(0, last, True)
             self.keep.append(output)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -358,12 +359,11 @@ class AttentionWatcher(TorchFunctionMode):
         return out
 
     def _site(self, query: Lineage, key: Lineage, head_dim: int, scale: float | None) -> None:
-        linear = [m for m, r in query.items() if r.linear]
-        source = next((m for m in linear if m in self.owners), linear[0] if linear else None)
+        source = next((m for m in query if m in self.owners), next(iter(query), None))
         rows = None if source is None else query[source]
         shared = rows is not None and source in key and rows.start < key[source].stop and key[source].start < rows.stop
         self.found[self.stack[-1] if self.stack else ""] = AttentionSite(
-            head_dim, scale, source, None if rows is None else (rows.start, rows.stop), rows is not None, shared)
+            head_dim, scale, source, None if rows is None else (rows.start, rows.stop), shared)
 
     def _mark(self, out, scores: Scores) -> None:
         if isinstance(out, torch.Tensor):
@@ -385,26 +385,26 @@ class AttentionWatcher(TorchFunctionMode):
             if func in VIEWS | SLICES:
                 carried = {m: _viewed(r, func, args, t, outputs) for m, r in lineages[0].items()}
             elif func in PRODUCTS | SUMS:
-                carried = _combined(lineages, linear_in_each=func in PRODUCTS, concatenated=func in (torch.cat, torch.stack))
+                carried = _combined(lineages, func in PRODUCTS, func in (torch.cat, torch.stack))
             else:
-                carried = {m: replace(r, linear=False, channels=False) for lin in lineages for m, r in lin.items()}
-            self.lineage.setdefault(id(t), {}).update({m: r for m, r in carried.items()
-                                                        if m not in self.lineage.get(id(t), {})})
+                continue
+            own = self.lineage.setdefault(id(t), {})
+            own.update({m: r for m, r in carried.items() if r is not None and m not in own})
             self.keep.append(t)
 
 
-def _combined(lineages: list[Lineage], linear_in_each: bool, concatenated: bool) -> Lineage:
+def _combined(lineages: list[Lineage], product: bool, concatenated: bool) -> Lineage:
     """A product is linear in a source that only one factor derives from; a sum, in one that every term does."""
     result: Lineage = {}
     for m in dict.fromkeys(m for lin in lineages for m in lin):
         having = [lin[m] for lin in lineages if m in lin]
-        linear = all(r.linear for r in having) and (len(having) == 1 if linear_in_each else len(having) == len(lineages))
-        result[m] = replace(having[0], linear=linear, channels=having[0].channels and not concatenated)
+        if len(having) == (1 if product else len(lineages)):
+            result[m] = replace(having[0], channels=having[0].channels and not concatenated)
     return result
 
 
-def _viewed(rows: Rows, func, args, piece: torch.Tensor, pieces: list[torch.Tensor]) -> Rows:
-    """Rows after a view or a slice: slicing the module output's own last dim narrows the rows."""
+def _viewed(rows: Rows, func, args, piece: torch.Tensor, pieces: list[torch.Tensor]) -> Rows | None:
+    """Rows after a view or a slice: slicing the module output's own last dim narrows them (None: lost track)."""
     whole = args[0]
     if piece.dim() and piece.shape[-1] == whole.shape[-1]:
         return replace(rows, channels=rows.channels and _last_dim_stays(whole, func, args))
@@ -421,7 +421,7 @@ def _viewed(rows: Rows, func, args, piece: torch.Tensor, pieces: list[torch.Tens
             return replace(rows, start=rows.start + start, stop=rows.start + stop)
     if func in (torch.Tensor.narrow, torch.narrow) and args[1] % whole.dim() == whole.dim() - 1:
         return replace(rows, start=rows.start + args[2], stop=rows.start + args[2] + args[3])
-    return replace(rows, linear=False, channels=False)
+    return None
 
 
 def _last_dim_stays(before: torch.Tensor, func, args) -> bool:
