@@ -285,13 +285,13 @@ class MupFactory:
                 found[self.table.template(name)] = AttentionSpec(head_dim, "query", query, *rows)
             else:
                 raise ValueError(
-                    f"{name or 'the root module'} computes attention with a head dim that grows with the width (d_head = {head_dim}), so "
-                    f"muP scales its logits by 1/d, but there is no way to do it: the kernel is not given a float "
-                    f"'{SCALE_ATTR}' attribute of the module, and the queries are not "
-                    + ("rows of one module output apart from the keys (a per-head fused QKV?)" if rows is not None
-                       else "a linear function of one module output (a norm on the queries?)")
-                    + f". Give {name or 'the root module'} a float '{SCALE_ATTR}' attribute passed as the kernel's scale, or pass "
-                    "attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
+                    f"{name or 'the root module'} computes attention with a head dim that grows with the width "
+                    f"(d_head = {head_dim}), so muP scales its logits by 1/d, but there is no way to do it here: its "
+                    f"kernel is not given a float '{SCALE_ATTR}' attribute of the module, and its queries are not rows "
+                    "of one module output apart from the keys (they are not for a per-head fused QKV, a norm applied "
+                    "outside a module, or nn.MultiheadAttention's internal projection). Give the module a float "
+                    f"'{SCALE_ATTR}' attribute passed to the kernel as its scale, keep the head dim fixed (heads grow "
+                    "with the width), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
         return found
 
     @cached_property

@@ -7,8 +7,8 @@ Two watchers run during the same pass (no memory, no values):
   through views, transposes and permutes into the op that uses it. The dims an ``mm``/``bmm``/
   ``convolution`` contracts are its fan-in; an ``embedding`` or index lookup makes it a table;
   elementwise use (a position table added, a gain multiplied) is neither. Any other op is unknown.
-* attention, at the Python level: every ``F.scaled_dot_product_attention`` call and every
-  ``softmax`` of a ``q @ k^T`` product, with the query's head dim, the scale it was computed with,
+* attention, at the Python level: every ``F.scaled_dot_product_attention`` call, every
+  ``softmax`` of a ``q @ k^T`` product and every ``nn.MultiheadAttention``, with the query's head dim, the scale it was computed with,
   and the module output rows the query came from (so its logits can be rescaled on those rows).
 
 Plain data out: :class:`ForwardTrace`.
@@ -345,6 +345,9 @@ class AttentionWatcher(TorchFunctionMode):
             q = args[0] if args else kwargs["query"]
             k = args[1] if len(args) > 1 else kwargs["key"]
             self._site(self.lineage.get(id(q), {}), self.lineage.get(id(k), {}), int(q.shape[-1]), kwargs.get("scale"))
+            return out
+        if func is F.multi_head_attention_forward:  # nn.MultiheadAttention: its query projection is internal
+            self._site({}, {}, int(args[3]) // int(args[4]), None)
             return out
         if func in SOFTMAXES and id(args[0]) in self.scores:
             s = self.scores[id(args[0])]

@@ -162,9 +162,25 @@ class NormalizedQueries(TinyTransformer):
         return self.out(F.scaled_dot_product_attention(q, k, k).squeeze(1))
 
 
-@pytest.mark.parametrize("model,message", [(PerHeadFused, "per-head fused QKV"),
-                                           (NormalizedQueries, "not a linear function of one module output")])
-def test_attention_that_cannot_be_rescaled_is_an_error(model, message):
-    with pytest.raises(ValueError, match=f"computes attention with a head dim that grows.*{message}.*attn_scale"):
+class TorchEncoder(nn.Module):
+    """torch's own nn.TransformerEncoderLayer, whose query projection lives inside nn.MultiheadAttention."""
+
+    def __init__(self, width, heads=2):
+        super().__init__()
+        self.emb = nn.Embedding(16, width)
+        self.layer = nn.TransformerEncoderLayer(width, heads, 2 * width, batch_first=True)
+        self.out = nn.Linear(width, 16)
+
+    def forward(self, idx):
+        return self.out(self.layer(self.emb(idx)))
+
+
+@pytest.mark.parametrize("model", [PerHeadFused, NormalizedQueries, TorchEncoder])
+def test_attention_that_cannot_be_rescaled_is_an_error(model):
+    with pytest.raises(ValueError, match=r"computes attention with a head dim that grows with the width \(d_head = "
+                                         r"w(/2)?\).*no way to do it.*attn_scale='1/sqrt\(d\)'"):
         ezp.wrap(model, base_width=16, width_multiple=2).plan(width=64)
-    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the way out
+    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the ways out
+    if model is TorchEncoder:
+        assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
+                        width_multiple=8).plan(width=64).attention == {}  # a fixed head dim needs nothing
