@@ -8,7 +8,9 @@ squared, a buffer or a float attribute derived from the width) this module refus
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 
 import sympy
 import torch
@@ -19,6 +21,7 @@ from .plan import MupPlan, make_plan
 from .roles import classify
 from .shapes import WIDTH
 from .trace import ParamShape, ShapeTable, parameter_layout
+from .usage import Use, trace_forward
 
 WIDTH_ATTRS_HINT = "use ezmup_plus.wrap(make_model, base_width=...) instead, which probes several widths and is exact"
 
@@ -34,8 +37,8 @@ def rescale_in_place(
     base_width = sentinel if base_width is None else base_width
     table = _table_at_sentinel(model, sentinel)
     _refuse_unsure(model, sentinel)
-    plan = make_plan(table, classify(table), init_stds([model]), width=width, base_width=base_width,
-                     parametrization=parametrization)
+    plan = make_plan(table, classify(table, uses=_traced_uses(model, sentinel)), init_stds([model]), width=width,
+                     base_width=base_width, parametrization=parametrization)
     _resize(model, table, plan, sentinel)
     return apply_plan(model, plan).__dict__["_ezmup_plan"]
 
@@ -55,6 +58,21 @@ def _table_at_sentinel(model: nn.Module, sentinel: int) -> ShapeTable:
                          f"{sentinel}: build the model at width={sentinel} before passing width=... to get_mup_optimizer")
     modules = {n: type(m).__name__ for n, m in model.named_modules()}
     return ShapeTable(params, (sentinel,), modules)
+
+
+def _traced_uses(model: nn.Module, sentinel: int) -> dict[str, tuple[Use, ...]] | None:
+    """Parameter uses from a meta copy's forward; attention with a width-sized head dim is refused."""
+    try:
+        trace = trace_forward(copy.deepcopy(model).to("meta"))
+    except (RuntimeError, ValueError) as exc:
+        warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
+        return None
+    for name, site in trace.attention.items():
+        if site.head_dim % sentinel == 0:
+            raise ValueError(f"{name or 'the model'} computes attention with a head dim of {site.head_dim}, a multiple "
+                             f"of {sentinel}: muP's 1/d_head logit scale needs it traced at several widths; "
+                             f"{WIDTH_ATTRS_HINT}")
+    return trace.uses
 
 
 def _refuse_unsure(model: nn.Module, sentinel: int) -> None:
