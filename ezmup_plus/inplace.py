@@ -90,13 +90,13 @@ def _refuse_unsure(model: nn.Module, sentinel: int) -> None:
 
 
 def _looks_width_derived(value: float, sentinel: int) -> bool:
-    """value == k * sentinel**e for e in (+-1/2, +-1) with a small whole k or 1/k."""
+    """value == k * sentinel**e for e in (+-1/2, +-1) with a whole k or 1/k below the sentinel (so not 1.0)."""
     if value == 0.0 or not math.isfinite(value):
         return False
     for e in (-1.0, -0.5, 0.5, 1.0):
         c = abs(value) / sentinel**e
         for k in (c, 1.0 / c):
-            if 1.0 <= k <= 64.0 and abs(k - round(k)) < 1e-9 * k:
+            if 1.0 <= k < sentinel and abs(k - round(k)) < 1e-9 * k:
                 return True
     return False
 
