@@ -248,8 +248,9 @@ class MupFactory:
         """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run)."""
         widths = [p * self.width_multiple for p in self.sentinels]
         try:
-            return [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs, follow_params=i == 0)
-                    for i, w in enumerate(widths)]  # uses are the same at every width: followed once
+            return [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
+                                  follow_params=i == 0)  # uses are the same at every width: followed once
+                    for i, w in enumerate(widths)]
         except (RuntimeError, ValueError) as exc:
             if self.example_inputs is not None:
                 raise

@@ -7,9 +7,10 @@ Two watchers run during the same pass (no memory, no values):
   through views, transposes and permutes into the op that uses it. The dims an ``mm``/``bmm``/
   ``convolution`` contracts are its fan-in; an ``embedding`` or index lookup makes it a table;
   elementwise use (a position table added, a gain multiplied) is neither. Any other op is unknown.
-* attention, at the Python level: every ``F.scaled_dot_product_attention`` call, every
-  ``softmax`` of a ``q @ k^T`` product and every ``nn.MultiheadAttention``, with the query's head dim, the scale it was computed with,
-  and the module output rows the query came from (so its logits can be rescaled on those rows).
+* attention, at the Python level: every ``F.scaled_dot_product_attention`` call, every ``softmax``
+  of a ``q @ k^T`` product and every ``nn.MultiheadAttention``, with the query's head dim, the scale
+  it was computed with, and the module output rows the query came from (so that its logits can be
+  rescaled on those rows).
 
 Plain data out: :class:`ForwardTrace`.
 """
@@ -282,7 +283,8 @@ VIEWS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.tr
          torch.Tensor.unflatten, torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.squeeze, torch.squeeze,
          torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.to, torch.Tensor.float, torch.Tensor.half,
          torch.Tensor.bfloat16, torch.Tensor.type_as, torch.Tensor.clone, torch.Tensor.movedim, torch.movedim,
-         torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.neg, torch.neg, torch.Tensor.__neg__}
+         torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.neg, torch.neg,
+         torch.Tensor.__neg__}
 SLICES = {torch.Tensor.__getitem__, torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk,
           torch.Tensor.narrow, torch.narrow}
 DIVISIONS = {torch.Tensor.div, torch.div, torch.Tensor.__truediv__}
@@ -387,6 +389,8 @@ class AttentionWatcher(TorchFunctionMode):
         for t in outputs:
             if func in VIEWS | SLICES:
                 carried = {m: _viewed(r, func, args, t, outputs) for m, r in lineages[0].items()}
+            elif func in DIVISIONS:  # linear in the numerator only
+                carried = {m: r for m, r in _combined(lineages, True, False).items() if m in lineages[0]}
             elif func in PRODUCTS | SUMS:
                 carried = _combined(lineages, func in PRODUCTS, func in (torch.cat, torch.stack))
             else:

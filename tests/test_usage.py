@@ -45,7 +45,8 @@ class SameWithLinears(nn.Module):
 def test_fan_in_is_the_contracted_dim_whatever_the_layout():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the trace tells every fan-in: no fallback warning
-        ours = ezp.wrap(StoredInOut, base_width=32, width_multiple=4, example_inputs=(torch.randn(2, 8),)).plan(width=128)
+        ours = ezp.wrap(StoredInOut, base_width=32, width_multiple=4,
+                        example_inputs=(torch.randn(2, 8),)).plan(width=128)
     reference = ezp.wrap(SameWithLinears, base_width=32).plan(width=128)
     for name in ("w_in", "w_up", "w_heads", "w_out"):
         t, ref = ours[name], reference[f"{name}.weight"]

@@ -71,7 +71,8 @@ class Attention(nn.Module):
         q, k, v = (z.view(b, t, self.heads, d).transpose(1, 2) for z in (q, k, v))
         q, k = rotary(q), rotary(k)
         if self.kernel == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, scale=None if self.logit_mult == 1 else self.logit_mult / d**0.5)
+            scale = None if self.logit_mult == 1 else self.logit_mult / d**0.5  # None: the kernel's 1/sqrt(d)
+            y = F.scaled_dot_product_attention(q, k, v, scale=scale)
         else:
             y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
         return y.transpose(1, 2).reshape(b, t, c)
