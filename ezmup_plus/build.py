@@ -245,12 +245,18 @@ class MupFactory:
 
     @cached_property
     def forward_traces(self) -> list[ForwardTrace]:
-        """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run)."""
+        """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run).
+
+        Uses are the same at every width, so they are followed once; the other widths are traced only
+        to fit the head dims of attention, if there is any.
+        """
         widths = [p * self.width_multiple for p in self.sentinels]
         try:
-            return [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
-                                  follow_params=i == 0)  # uses are the same at every width: followed once
-                    for i, w in enumerate(widths)]
+            first = trace_forward(build_on_meta(self.factory, self.kwargs(widths[0])), self.example_inputs)
+            if not first.attention:
+                return [first]
+            return [first] + [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
+                                            follow_params=False) for w in widths[1:]]
         except (RuntimeError, ValueError) as exc:
             if self.example_inputs is not None:
                 raise
