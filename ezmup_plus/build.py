@@ -247,16 +247,16 @@ class MupFactory:
     def forward_traces(self) -> list[ForwardTrace]:
         """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run).
 
-        Uses are the same at every width, so they are followed once; the other widths are traced only
-        to fit the head dims of attention, if there is any.
+        Uses are the same at every width, so they are followed once; a second width shows which numbers
+        change with the width, and the third is traced only to fit the head dims of attention, if any.
         """
         widths = [p * self.width_multiple for p in self.sentinels]
         try:
-            first = trace_forward(build_on_meta(self.factory, self.kwargs(widths[0])), self.example_inputs)
-            if not first.attention:
-                return [first]
-            return [first] + [trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
-                                            follow_params=False) for w in widths[1:]]
+            traces = [trace_forward(build_on_meta(self.factory, self.kwargs(widths[0])), self.example_inputs)]
+            for w in widths[1:] if traces[0].attention else widths[1:2]:
+                traces.append(trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
+                                            follow_params=False))
+            return traces
         except (RuntimeError, ValueError) as exc:
             if self.example_inputs is not None:
                 raise
@@ -282,13 +282,12 @@ class MupFactory:
             head_dim = fit_dim(widths, [s.head_dim for s in sites])
             if not scales(head_dim):
                 continue
-            attr = traces[0].scaling_attrs.get(name)
             rows = None if site.query_rows is None else [fit_dim(widths, list(r)) for r in
                                                           zip(*(s.query_rows for s in sites))]
             query = None if site.query_source is None else self.table.template(site.query_source)
-            if attr is not None and site.scale is not None and math.isclose(site.scale, attr):
+            if site.scaled_by_attribute:
                 found[self.table.template(name)] = AttentionSpec(head_dim, "scaling", query, *(rows or ()))
-            elif rows is not None and not site.shares_rows_with_key:
+            elif rows is not None:
                 found[self.table.template(name)] = AttentionSpec(head_dim, "query", query, *rows)
             else:
                 raise ValueError(
@@ -300,6 +299,25 @@ class MupFactory:
                     f"'{SCALE_ATTR}' attribute passed to the kernel as its scale, keep the head dim fixed (heads grow "
                     "with the width), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
         return found
+
+    @cached_property
+    def width_constants(self) -> tuple[str, ...]:
+        """Numbers in the forward, outside attention, that change with the width (Gemma's sqrt(w) embedding
+        scale, T5's d**-0.5 before its tied readout): muP does not account for them, so each is a warning."""
+        if len(self.forward_traces) < 2:
+            return ()
+        (w0, w1), (a, b) = self.sentinels[:2], self.forward_traces[:2]
+        w0, w1 = w0 * self.width_multiple, w1 * self.width_multiple
+        seen = [(f"{k} = {a.float_attributes[k]:.4g} at width {w0} and {v:.4g} at width {w1}", k.rpartition(".")[0])
+                for k, v in b.float_attributes.items() if a.float_attributes.get(k, v) != v]
+        if len(a.numbers) == len(b.numbers):
+            seen += [(f"{m or 'the root module'} multiplies a tensor by {x:.4g} at width {w0} and {y:.4g} at width "
+                      f"{w1}", m) for (m, x), (_, y) in zip(a.numbers, b.numbers) if x != y]
+        notes = tuple(dict.fromkeys(note for note, module in seen if module not in a.attention))
+        for note in notes:
+            warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
+                          "a constant in the factory, or check the transfer with a coordinate check", stacklevel=4)
+        return notes
 
     @cached_property
     def zeroed(self) -> frozenset[str]:
@@ -331,7 +349,7 @@ class MupFactory:
 
     @cached_property
     def base_stds(self) -> dict[str, float | None]:
-        """The factory's own init at base width and depth, pooled over throwaway CPU builds; the RNG is left as it was."""
+        """The factory's own init at base width and depth, pooled over throwaway CPU builds; the RNG is kept."""
         kwargs = self.kwargs(self.base_width)
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(0)  # the plan is a function of the factory alone, not of the caller's RNG state
@@ -361,9 +379,11 @@ class MupFactory:
 
 @lru_cache(maxsize=64)
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
-    return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
+    plan = make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
                      parametrization=f.parametrization, family=family, depth_alpha=f.depth_alpha,
                      branches=f.branches, attention=f.attention, zeroed=f.zeroed)
+    f.width_constants  # noqa: B018  (computed once per factory: it warns)
+    return plan
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

@@ -49,17 +49,17 @@ class AttentionSite:
     """One attention computation and where its queries came from."""
 
     head_dim: int
-    scale: float | None  # the logit scale the kernel was given (None: the kernel's default 1/sqrt(d))
-    query_source: str | None  # the module whose output rows the query is
-    query_rows: tuple[int, int] | None  # [start, stop) of its last dim; the query is a linear function of them
-    shares_rows_with_key: bool  # keys come from the same rows (a per-head fused QKV): rows cannot be scaled alone
+    scaled_by_attribute: bool  # the logits were scaled by the module's own float ``scaling`` attribute
+    query_source: str | None  # the module whose output rows [start, stop) of its last dim are the queries
+    query_rows: tuple[int, int] | None  # (None where they are not: a per-head fused QKV, a norm outside a module)
 
 
 @dataclass(frozen=True)
 class ForwardTrace:
     uses: dict[str, tuple[Use, ...]]  # parameter name -> its uses, for parameters of two dims or more
     attention: dict[str, AttentionSite]  # innermost module running the attention -> what it saw
-    scaling_attrs: dict[str, float]  # attention module -> its float ``scaling`` attribute, where it has one
+    numbers: tuple[tuple[str, float], ...]  # (module, x) for every tensor multiplied or divided by a number x
+    float_attributes: dict[str, float]  # "module.attr" -> value, for every float attribute of a module
 
 
 def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: bool = True) -> ForwardTrace:
@@ -69,7 +69,9 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     followed = {id(p): (n, p.dim()) for n, p in model.named_parameters() if p.dim() >= 2 and follow_params}
     params = ParamWatcher(followed, stack)
     owners = {n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
-    attention = AttentionWatcher(stack, owners)
+    attributes = {n: m.__dict__[SCALE_ATTR] for n, m in model.named_modules()
+                  if isinstance(m.__dict__.get(SCALE_ATTR), float)}
+    attention = AttentionWatcher(stack, owners, attributes)
 
     def enter(name):
         return lambda module, args: stack.append(name)  # append returns None: the input is untouched
@@ -97,10 +99,9 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     finally:
         for h in handles:
             h.remove()
-    modules = dict(model.named_modules())
-    scaling = {name: getattr(modules[name], SCALE_ATTR) for name in attention.found
-               if isinstance(getattr(modules[name], SCALE_ATTR, None), float)}
-    return ForwardTrace(params.result(), dict(attention.found), scaling)
+    floats = {f"{n}.{k}" if n else k: v for n, m in model.named_modules() for k, v in vars(m).items()
+              if isinstance(v, float) and k != SCALE_ATTR}
+    return ForwardTrace(params.result(), dict(attention.found), tuple(attention.numbers), floats)
 
 
 # --- parameters, at the ATen level --------------------------------------------------------------
@@ -291,9 +292,8 @@ DIVISIONS = {torch.Tensor.div, torch.div, torch.Tensor.__truediv__}
 PRODUCTS = {torch.Tensor.mul, torch.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__} | DIVISIONS
 SUMS = {torch.Tensor.add, torch.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.sub, torch.sub,
         torch.Tensor.__sub__, torch.cat, torch.stack}
-MASKINGS = {torch.Tensor.masked_fill, torch.masked_fill, torch.where, torch.Tensor.__add__, torch.Tensor.add,
-            torch.add, F.dropout, torch.Tensor.to, torch.Tensor.float, torch.Tensor.type_as, torch.Tensor.contiguous}
 MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+BADDBMMS = {torch.baddbmm, torch.Tensor.baddbmm}
 SOFTMAXES = {F.softmax, torch.softmax, torch.Tensor.softmax}
 
 
@@ -312,21 +312,23 @@ Lineage = dict[str, Rows]  # module -> the rows of its output a tensor is a line
 
 @dataclass(frozen=True)
 class Scores:
-    """``q @ k^T`` on its way to a softmax, with the number it was multiplied by."""
+    """``q @ k^T`` on its way to a softmax."""
 
     query: Lineage
     key: Lineage
-    head_dim: int
-    scale: float
+    query_shape: tuple[int, ...]
+    multipliers: tuple[int, ...] = ()  # ids of the numbers it was multiplied by (to recognise an attribute)
 
 
 class AttentionWatcher(TorchFunctionMode):
     """Tracks which module-output rows every tensor is a linear function of, and reports attention."""
 
-    def __init__(self, stack: list[str], owners: set[str]):
+    def __init__(self, stack: list[str], owners: set[str], attributes: dict[str, float]):
         super().__init__()
         self.stack = stack
         self.owners = owners  # modules that own parameters: the query's projection is preferred to a wrapper
+        self.attributes = attributes  # module -> its ``scaling`` float, recognised by identity when it is used
+        self.numbers: list[tuple[str, float]] = []
         self.found: dict[str, AttentionSite] = {}
         self.lineage: dict[int, Lineage] = {}
         self.scores: dict[int, Scores] = {}
@@ -346,29 +348,47 @@ class AttentionWatcher(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             q = args[0] if args else kwargs["query"]
             k = args[1] if len(args) > 1 else kwargs["key"]
-            self._site(self.lineage.get(id(q), {}), self.lineage.get(id(k), {}), int(q.shape[-1]), kwargs.get("scale"))
+            scale = kwargs.get("scale", args[6] if len(args) > 6 else None)
+            self._site(self._of(q), self._of(k), tuple(q.shape), () if scale is None else (id(scale),))
             return out
         if func is F.multi_head_attention_forward:  # nn.MultiheadAttention: its query projection is internal
-            self._site({}, {}, int(args[3]) // int(args[4]), None)
+            self._site({}, {}, (int(args[3]) // int(args[4]),), ())
             return out
         if func in SOFTMAXES and id(args[0]) in self.scores:
             s = self.scores[id(args[0])]
-            self._site(s.query, s.key, s.head_dim, s.scale)
+            self._site(s.query, s.key, s.query_shape, s.multipliers)
         elif func in MATMULS and len(args) == 2 and all(id(a) in self.lineage for a in args):
-            self._mark(out, Scores(self.lineage[id(args[0])], self.lineage[id(args[1])], int(args[0].shape[-1]), 1.0))
+            self._mark(out, Scores(self._of(args[0]), self._of(args[1]), tuple(args[0].shape)))
+        elif func in BADDBMMS:  # alibi.baddbmm(q, k^T, alpha=scale), as Bloom computes its scores
+            q = args[1] if len(args) > 1 else kwargs["batch1"]
+            k = args[2] if len(args) > 2 else kwargs["batch2"]
+            alpha = kwargs.get("alpha")
+            self._mark(out, Scores(self._of(q), self._of(k), tuple(q.shape), () if alpha is None else (id(alpha),)))
         elif args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.scores:
             self._carry_scores(func, args, out)
+        if func in PRODUCTS and len(args) == 2 and isinstance(args[1], float):
+            if all(args[1] is not a for a in self.attributes.values()):  # attention scales are accounted for
+                self.numbers.append((self.stack[-1] if self.stack else "", args[1]))
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         if any(id(t) in self.lineage for t in tensors):
             self._carry_lineage(func, args, tensors, out)
         return out
 
-    def _site(self, query: Lineage, key: Lineage, head_dim: int, scale: float | None) -> None:
+    def _of(self, t: torch.Tensor) -> Lineage:
+        return self.lineage.get(id(t), {})
+
+    def _site(self, query: Lineage, key: Lineage, query_shape: tuple[int, ...], multipliers: tuple[int, ...]) -> None:
+        """Rows are kept only where they are exactly the queries: as many as heads x head dim, none of them keys'."""
+        features = query_shape[-1] * (query_shape[-3] if len(query_shape) >= 4 else 1)  # (batch, heads, tokens, d)
         source = next((m for m in query if m in self.owners), next(iter(query), None))
         rows = None if source is None else query[source]
-        shared = rows is not None and source in key and rows.start < key[source].stop and key[source].start < rows.stop
-        self.found[self.stack[-1] if self.stack else ""] = AttentionSite(
-            head_dim, scale, source, None if rows is None else (rows.start, rows.stop), shared)
+        if rows is not None and (rows.stop - rows.start != features or source in key and (
+                rows.start < key[source].stop and key[source].start < rows.stop)):
+            source = rows = None
+        module = self.stack[-1] if self.stack else ""
+        by_attribute = module in self.attributes and id(self.attributes[module]) in multipliers
+        self.found[module] = AttentionSite(
+            query_shape[-1], by_attribute, source, None if rows is None else (rows.start, rows.stop))
 
     def _mark(self, out, scores: Scores) -> None:
         if isinstance(out, torch.Tensor):
@@ -376,11 +396,12 @@ class AttentionWatcher(TorchFunctionMode):
             self.keep.append(out)
 
     def _carry_scores(self, func, args, out) -> None:
+        """Through masks, casts, products with numbers and soft-capping (``tanh(s / c) * c``)."""
         s = self.scores[id(args[0])]
-        number = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) else None
+        number = args[1] if len(args) > 1 and isinstance(args[1], float) else None
         if func in PRODUCTS and number is not None:
-            self._mark(out, replace(s, scale=s.scale / number if func in DIVISIONS else s.scale * number))
-        elif func in MASKINGS:
+            self._mark(out, replace(s, multipliers=s.multipliers + (id(number),)))
+        elif func not in MATMULS and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
             self._mark(out, s)
 
     def _carry_lineage(self, func, args, tensors, out) -> None:
@@ -437,7 +458,3 @@ def _last_dim_stays(before: torch.Tensor, func, args) -> bool:
         return all(d % before.dim() != before.dim() - 1 for d in args[-2:])
     return func not in (torch.Tensor.permute, torch.permute, torch.Tensor.movedim, torch.movedim)
 
-
-def logit_scale(site: AttentionSite) -> float:
-    """The scale the kernel applied: the one it was given, or its default 1/sqrt(d_head)."""
-    return 1 / math.sqrt(site.head_dim) if site.scale is None else site.scale

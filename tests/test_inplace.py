@@ -83,8 +83,10 @@ def test_refuses_what_one_probe_cannot_get_right():
         ezp.get_mup_optimizer(nn.Sequential(nn.Linear(47, 47 * 47)), width=94, lr=1e-3)
     with pytest.raises(ValueError, match="build the model at width=47"):
         ezp.get_mup_optimizer(MLP(32), width=94, lr=1e-3)
+    attention = TinyTransformer(47, heads=1)
+    del attention.attn.scaling  # (its float attribute alone is refused above); the 1/sqrt(d) is in the forward
     with pytest.raises(ValueError, match=r"attn computes attention with a head dim of 47.*ezmup_plus.wrap"):
-        ezp.get_mup_optimizer(TinyTransformer(47, heads=1), width=94, lr=1e-3)  # SDPA's default 1/sqrt(d)
+        ezp.get_mup_optimizer(attention, width=94, lr=1e-3)
 
 
 def test_width_given_twice_for_a_planned_model():

@@ -122,16 +122,19 @@ def test_a_tied_readout_with_nowhere_for_its_multiplier_is_an_error():
 
 # --- attention with no `scaling` attribute: the query rows are rescaled --------------------------
 
-@pytest.mark.parametrize("kernel,fused,q_norm,query", [
-    ("matmul", False, False, ("attn.q", 0, 64)),
-    ("sdpa", True, False, ("attn.qkv", 0, 64)),  # the first third of the fused output
-    ("matmul", False, True, ("attn.q_norm", 0, 64)),  # a norm on the queries: its output is rescaled
+@pytest.mark.parametrize("kernel,fused,q_norm,via,query", [
+    ("matmul", False, False, "query", ("attn.q", 0, 64)),
+    ("sdpa", True, False, "query", ("attn.qkv", 0, 64)),  # the first third of the fused output
+    ("matmul", False, True, "query", ("attn.q_norm", 0, 64)),  # a norm on the queries: its output is rescaled
+    ("softcap", False, False, "scaling", ("attn.q", 0, 64)),  # the attribute is used: it is the one changed
 ])
-def test_attention_without_a_scaling_attribute_rescales_the_query_rows(kernel, fused, q_norm, query):
+def test_attention_logits_are_rescaled_through_the_attribute_it_uses_or_the_query_rows(kernel, fused, q_norm, via,
+                                                                                        query):
+    """The modules all carry a float ``scaling``; only the "softcap" kernel uses it (recognised by identity)."""
     options = dict(kernel=kernel, fused=fused, q_norm=q_norm)
     f = ezp.wrap(TinyTransformer, base_width=16, width_multiple=2, **options)
     a = f.plan(width=64).attention["attn"]
-    assert (a.factor, a.via, (a.query, a.start, a.stop)) == (pytest.approx(0.5), "query", query)  # sqrt(8/32)
+    assert (a.factor, a.via, (a.query, a.start, a.stop)) == (pytest.approx(0.5), via, query)  # sqrt(8/32)
     torch.manual_seed(0)
     ours = f(width=64)
     reference = TinyTransformer(64, logit_mult=0.5, **options)  # 1/d relative to base, written by hand
@@ -156,6 +159,22 @@ class PerHeadFused(TinyTransformer):
         return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
 
 
+class MultiQueryFused(TinyTransformer):
+    """Falcon's multi-query layout: one projection of heads + 2 head dims, split after the heads view."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.fused = nn.Linear(width, 2 * width)  # heads + 2 = 4 head dims of width / 2
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        b, t, c = x.shape
+        qkv = self.fused(x).view(b, t, 4, c // 2)
+        q, k, v = qkv[:, :, :2].transpose(1, 2), qkv[:, :, 2:3].transpose(1, 2), qkv[:, :, 3:].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q))
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
 class NormalizedQueries(TinyTransformer):
     def forward(self, idx):
         x = self.emb(idx)
@@ -176,12 +195,38 @@ class TorchEncoder(nn.Module):
         return self.out(self.layer(self.emb(idx)))
 
 
-@pytest.mark.parametrize("model", [PerHeadFused, NormalizedQueries, TorchEncoder])
+@pytest.mark.parametrize("model", [PerHeadFused, MultiQueryFused, NormalizedQueries, TorchEncoder,
+                                   lambda width: TinyTransformer(width, kernel="baddbmm")])
 def test_attention_that_cannot_be_rescaled_is_an_error(model):
     with pytest.raises(ValueError, match=r"computes attention with a head dim that grows with the width \(d_head = "
                                          r"w(/2)?\).*no way to do it.*attn_scale='1/sqrt\(d\)'"):
         ezp.wrap(model, base_width=16, width_multiple=2).plan(width=64)
     ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the ways out
-    if model is TorchEncoder:
+    if model is TorchEncoder:  # torch's own module
         assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
                         width_multiple=8).plan(width=64).attention == {}  # a fixed head dim needs nothing
+
+
+class ScaledEmbedding(nn.Module):
+    """Multiplies its embedding by sqrt(width), as Gemma does: a width-dependent number muP knows nothing of."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.emb, self.out = nn.Embedding(16, width), nn.Linear(width, 16)
+        self.embed_scale = width**0.5
+
+    def forward(self, idx):
+        return self.out(self.emb(idx) * self.width**0.5)
+
+
+def test_numbers_that_change_with_the_width_are_reported():
+    with pytest.warns(UserWarning) as caught:
+        ezp.wrap(ScaledEmbedding, base_width=32).plan(width=64)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("embed_scale = 6.856 at width 47 and 7.28 at width 53: a number that changes")
+               for m in messages)
+    assert any(m.startswith("the root module multiplies a tensor by 6.856 at width 47") for m in messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # attention's 1/sqrt(d) is accounted for: no warning
+        ezp.wrap(TinyTransformer, base_width=16, width_multiple=2).plan(width=64)

@@ -54,11 +54,13 @@ def rotary(x):
 
 
 class Attention(nn.Module):
-    """q @ k^T / sqrt(d) then softmax, or SDPA with its default scale, from a fused or unfused projection."""
+    """Attention from a fused or unfused projection, computed by ``kernel``: "matmul" (q @ k^T / sqrt(d), softmax),
+    "sdpa" (its default scale), "softcap" (Gemma-2's: logits x ``scaling``, tanh-capped) or "baddbmm" (Bloom's)."""
 
     def __init__(self, width, heads, kernel, fused, q_norm, logit_mult):
         super().__init__()
         self.heads, self.kernel, self.fused, self.logit_mult = heads, kernel, fused, logit_mult
+        self.scaling = logit_mult / math.sqrt(width // heads)  # only "softcap" uses it; a decoy for the others
         self.qkv = nn.Linear(width, 3 * width) if fused else None
         self.q, self.k, self.v = (None, None, None) if fused else (nn.Linear(width, width) for _ in range(3))
         self.q_norm = nn.LayerNorm(width) if q_norm else None
@@ -73,6 +75,12 @@ class Attention(nn.Module):
         if self.kernel == "sdpa":
             scale = None if self.logit_mult == 1 else self.logit_mult / d**0.5  # None: the kernel's 1/sqrt(d)
             y = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        elif self.kernel == "softcap":
+            y = (torch.tanh((q @ k.transpose(-2, -1)) * self.scaling / 30.0) * 30.0).softmax(-1) @ v
+        elif self.kernel == "baddbmm":
+            q, k, v = (z.reshape(b * self.heads, t, d) for z in (q, k, v))
+            scores = torch.zeros(b * self.heads, t, t).baddbmm(q, k.transpose(1, 2), alpha=self.logit_mult / d**0.5)
+            y = (scores.softmax(-1) @ v).view(b, self.heads, t, d)
         else:
             y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
         return y.transpose(1, 2).reshape(b, t, c)
