@@ -401,7 +401,7 @@ class AttentionWatcher(TorchFunctionMode):
         number = args[1] if len(args) > 1 and isinstance(args[1], float) else None
         if func in PRODUCTS and number is not None:
             self._mark(out, replace(s, multipliers=s.multipliers + (id(number),)))
-        elif func not in MATMULS and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
+        elif func in VIEWS or func not in MATMULS and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
             self._mark(out, s)
 
     def _carry_lineage(self, func, args, tensors, out) -> None:

@@ -80,7 +80,8 @@ class Attention(nn.Module):
         elif self.kernel == "baddbmm":
             q, k, v = (z.reshape(b * self.heads, t, d) for z in (q, k, v))
             scores = torch.zeros(b * self.heads, t, t).baddbmm(q, k.transpose(1, 2), alpha=self.logit_mult / d**0.5)
-            y = (scores.softmax(-1) @ v).view(b, self.heads, t, d)
+            probs = scores.view(b, self.heads, t, t).softmax(-1)  # viewed per head before the softmax, as Bloom does
+            y = (probs.view(b * self.heads, t, t) @ v).view(b, self.heads, t, d)
         else:
             y = ((q @ k.transpose(-2, -1)) * self.logit_mult / math.sqrt(d)).softmax(-1) @ v
         return y.transpose(1, 2).reshape(b, t, c)
