@@ -90,10 +90,10 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
     if not any(p.is_meta for p in params.values()):
         rescale_init(model, plan)
     modules = dict(model.named_modules())
-    for module_name, a in plan.attention.items():
+    for module_name, a in plan.attention.items():  # "fold" is in the query projection's init and LR already
         if a.via == "scaling":
             setattr(modules[module_name], SCALE_ATTR, getattr(modules[module_name], SCALE_ATTR) * a.factor)
-        else:
+        elif a.via == "query":
             modules[a.query].register_forward_hook(OutputScale(a.factor, (a.start, a.stop)))
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
@@ -268,9 +268,10 @@ class MupFactory:
     def attention(self) -> dict[str, AttentionSpec]:
         """Attention modules (templates) whose head dim grows with the width, and how to rescale their logits.
 
-        Through the module's own ``scaling`` attribute where the kernel was given it, else through a
-        forward hook on the rows of the module output the queries are a linear function of. Empty
-        under ``attn_scale="1/sqrt(d)"`` or SP: logits keep the factory's scale.
+        Through the module's own ``scaling`` attribute where the kernel was given it; else folded into
+        the init and LR of an unfused query projection (a weight matrix making only the queries); else
+        through a forward hook on the rows of the module output the queries are a linear function of.
+        Empty under ``attn_scale="1/sqrt(d)"`` or SP: logits keep the factory's scale.
         """
         traces = self.forward_traces
         if self.attn_scale == "1/sqrt(d)" or self.parametrization == "sp" or not traces:
@@ -288,7 +289,8 @@ class MupFactory:
             if site.scaled_by_attribute:
                 found[self.table.template(name)] = AttentionSpec(head_dim, "scaling", query, *(rows or ()))
             elif rows is not None:
-                found[self.table.template(name)] = AttentionSpec(head_dim, "query", query, *rows)
+                via = "fold" if self._foldable(site.query_source, site.query_rows) else "query"
+                found[self.table.template(name)] = AttentionSpec(head_dim, via, query, *rows)
             else:
                 raise ValueError(
                     f"{name or 'the root module'} computes attention with a head dim that grows with the width "
@@ -299,6 +301,19 @@ class MupFactory:
                     f"'{SCALE_ATTR}' attribute passed to the kernel as its scale, keep the head dim fixed (heads grow "
                     "with the width), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
         return found
+
+    def _foldable(self, module: str, rows: tuple[int, int]) -> bool:
+        """A multiplier folds exactly into a module making only the queries from a randomly drawn matrix
+        (plus a bias): init x factor is then the same function, LR and eps follow (``rules.fold``)."""
+        params = {n.rpartition(".")[2]: p for n, p in self.table.params.items() if n.rpartition(".")[0] == module}
+        weight = params.get("weight")
+        return (set(params) <= {"weight", "bias"} and weight is not None and len(weight.dims) >= 2
+                and self.base_stds.get(f"{module}.weight") is not None and rows == (0, self._out_dim(weight)))
+
+    def _out_dim(self, weight) -> int:
+        """The output size of a weight's module at the first sentinel width."""
+        dim = weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0]
+        return int(dim.subs(WIDTH, self.sentinels[0] * self.width_multiple))
 
     @cached_property
     def width_constants(self) -> tuple[str, ...]:
@@ -338,10 +353,7 @@ class MupFactory:
 
     def _query_params(self, attention: str, source: str | None, rows: tuple[int, int] | None) -> set[str]:
         weight = self.table.params.get(f"{source}.weight")
-        width = self.sentinels[0] * self.width_multiple
-        out_dim = None if weight is None else int(
-            weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0].subs(WIDTH, width))
-        if rows is None or rows != (0, out_dim):
+        if weight is None or rows != (0, self._out_dim(weight)):
             raise ValueError(
                 f"zero_init=['query']: the queries of {attention} come from {source}, which is not a projection "
                 "making only them (a fused QKV projection?); only an unfused query projection can start at zero")

@@ -34,7 +34,8 @@ def export_standard(model: nn.Module) -> dict[str, torch.Tensor]:
     problems = [f"the queries of {name} come from no module found in the trace: its logit factor "
                 f"{a.factor:.4g} has no weight to go into" for name, a in plan.attention.items() if a.query is None]
     folds = [(name, scale, None) for name, scale in plan.multipliers.items()]
-    folds += [(a.query, a.factor, (a.start, a.stop)) for a in plan.attention.values() if a.query is not None]
+    folds += [(a.query, a.factor, (a.start, a.stop)) for a in plan.attention.values()
+              if a.query is not None and a.via != "fold"]  # a folded factor is in the weights already
     for name, scale, rows in folds:
         problem = _fold(state, name, modules.get(name), scale, rows, shared)
         if problem:

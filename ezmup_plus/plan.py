@@ -46,7 +46,8 @@ class AttentionSpec:
     """What the trace found for one attention module whose head dim grows with the width (sizes in ``w``)."""
 
     head_dim: sympy.Expr
-    via: str  # "scaling": the module's own ``scaling`` attribute; "query": a forward hook on the query rows
+    via: str  # "scaling": the module's ``scaling`` attribute; "fold": the query projection's init and LR;
+    # "query": a forward hook on the query rows
     query: str | None  # the module whose output rows [start, stop) are the queries
     start: sympy.Expr = sympy.Integer(0)
     stop: sympy.Expr = sympy.Integer(0)
@@ -57,7 +58,7 @@ class AttentionScale:
     """muP's 1/d_head instead of 1/sqrt(d_head) for one attention module, relative to base."""
 
     factor: float  # on the logits
-    via: str  # "scaling" (the module's attribute is multiplied) or "query" (the query rows are)
+    via: str  # "scaling" (the module's attribute is multiplied), "fold" (into the query projection) or "query" (a hook)
     query: str | None = None  # the module whose output rows [start, stop) are the queries
     start: int = 0
     stop: int = 0
@@ -120,9 +121,10 @@ class MupPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
+               "query": lambda a: f"rows {a.start}:{a.stop} of {a.query}"}
         lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
-                  + (f"its '{a.via}' attribute" if a.via == "scaling" else f"rows {a.start}:{a.stop} of {a.query}")
-                  for m, a in self.attention.items()]
+                  + how[a.via](a) for m, a in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -199,6 +201,8 @@ def make_plan(
     m_depth = 1.0 if depth is None else depth / table.depth
     branch_multiplier = 1.0 if alpha is None else m_depth**-alpha
     stds = _pooled_by_template(table, base_stds)
+    query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
+                   for template, spec in (attention or {}).items() if spec.via == "fold"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
@@ -216,10 +220,9 @@ def make_plan(
             fan_out=fan_out_now,
         )
         s = rules.scaling(parametrization, family, scale, alpha)
-        fold = 1.0
-        branch = (branches or {}).get(template.rpartition(".")[0])
-        if branch == "fold" and branch_multiplier != 1.0:
-            fold = branch_multiplier
+        module = template.rpartition(".")[0]
+        fold = (branch_multiplier if (branches or {}).get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+        if fold != 1.0:
             s = rules.fold(family, s, fold)
         multiplier = 1.0
         if role.tied_readout is not None and parametrization != "sp" and role.role == "input":
@@ -249,16 +252,22 @@ def make_plan(
             multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
     logit_factors = {}
     for template, spec in (attention or {}).items():
-        d_base, d = (evaluate(spec.head_dim, w, what=template) for w in (base_width, width))
-        if d == d_base:
+        factor = _logit_factor(spec, template, base_width, width)
+        if factor == 1.0:
             continue
         start, stop = (evaluate(e, width, what=f"the query rows of {template}") for e in (spec.start, spec.stop))
         queries = module_names(table, spec.query, depth) if spec.query else []
         for i, name in enumerate(module_names(table, template, depth)):
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
-            logit_factors[name] = AttentionScale(math.sqrt(d_base / d), spec.via, query, start, stop)
+            logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
+
+
+def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:
+    """sqrt(d_base / d): 1/d_head relative to base, on logits the factory scales by 1/sqrt(d_head)."""
+    d_base, d = (evaluate(spec.head_dim, w, what=template) for w in (base_width, width))
+    return math.sqrt(d_base / d)
 
 
 def module_names(table: ShapeTable, template: str, depth: int | None) -> list[str]:

@@ -123,8 +123,8 @@ def test_a_tied_readout_with_nowhere_for_its_multiplier_is_an_error():
 # --- attention with no `scaling` attribute: the query rows are rescaled --------------------------
 
 @pytest.mark.parametrize("kernel,fused,q_norm,via,query", [
-    ("matmul", False, False, "query", ("attn.q", 0, 64)),
-    ("sdpa", True, False, "query", ("attn.qkv", 0, 64)),  # the first third of the fused output
+    ("matmul", False, False, "fold", ("attn.q", 0, 64)),  # an unfused projection: into its init and LR
+    ("sdpa", True, False, "query", ("attn.qkv", 0, 64)),  # the first third of the fused output, by a hook
     ("matmul", False, True, "query", ("attn.q_norm", 0, 64)),  # a norm on the queries: its output is rescaled
     ("softcap", False, False, "scaling", ("attn.q", 0, 64)),  # the attribute is used: it is the one changed
 ])
@@ -137,7 +137,8 @@ def test_attention_logits_are_rescaled_through_the_attribute_it_uses_or_the_quer
     assert (a.factor, a.via, (a.query, a.start, a.stop)) == (pytest.approx(0.5), via, query)  # sqrt(8/32)
     torch.manual_seed(0)
     ours = f(width=64)
-    reference = TinyTransformer(64, logit_mult=0.5, **options)  # 1/d relative to base, written by hand
+    # 1/d relative to base, written by hand (folded: the query weights carry it)
+    reference = TinyTransformer(64, logit_mult=1.0 if via == "fold" else 0.5, **options)
     reference.load_state_dict(ours.state_dict())
     idx = torch.randint(0, 16, (3, 7))
     torch.testing.assert_close(ours(idx), reference(idx))
@@ -146,6 +147,32 @@ def test_attention_logits_are_rescaled_through_the_attribute_it_uses_or_the_quer
     for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     assert f(width=16)(idx).shape == (3, 7, 16)  # base: no hook
+
+
+def test_a_folded_logit_factor_trains_as_the_forward_multiplier_it_replaces():
+    """Folded: query weights x 1/2, their Adam LR x 1/2 and eps x 2. The reference keeps the factory's query
+    weights and LR and multiplies the logits by 1/2 instead; both take the same steps (TP5's abc symmetry)."""
+    f = ezp.wrap(TinyTransformer, base_width=16, width_multiple=2)
+    torch.manual_seed(0)
+    ours = f(width=64)
+    opt = ezp.get_mup_optimizer(ours, lr=1e-2, optimizer="adam")
+    reference = TinyTransformer(64, logit_mult=0.5)
+    reference.load_state_dict({k: v / 0.5 if k.startswith("attn.q.") else v for k, v in ours.state_dict().items()})
+    params = dict(reference.named_parameters())
+    ref_opt = torch.optim.Adam([
+        {"params": [params[n] for n in g["param_names"]],
+         "lr": g["lr"] / 0.5 if g["param_names"][0].startswith("attn.q.") else g["lr"],
+         "eps": g["eps"] * 0.5 if g["param_names"][0].startswith("attn.q.") else g["eps"]}
+        for g in opt.param_groups])
+    assert all(len({n.startswith("attn.q.") for n in g["param_names"]}) == 1 for g in opt.param_groups)
+    idx = torch.randint(0, 16, (4, 7), generator=torch.Generator().manual_seed(1))
+    for _ in range(4):
+        for net, o in ((ours, opt), (reference, ref_opt)):
+            o.zero_grad()
+            F.cross_entropy(net(idx).flatten(0, 1), idx.flatten()).backward()
+            o.step()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), reference(idx))
 
 
 class PerHeadFused(TinyTransformer):
