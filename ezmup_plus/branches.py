@@ -43,7 +43,7 @@ def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
         return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
     raise ValueError(
         f"cannot guess an input for a {type(model).__name__}: it has no Embedding, Linear or Conv2d layer. Pass "
-        "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap"
+        "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap (or trace=False)"
     )
 
 

@@ -179,6 +179,7 @@ class MupFactory:
         example_inputs: Any = None,
         attn_scale: str = "auto",
         zero_init: Sequence[str] = (),
+        trace: bool = True,
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -207,6 +208,7 @@ class MupFactory:
         if unknown:
             raise ValueError(f"zero_init={list(zero_init)}: {sorted(unknown)} unknown; choose from 'readout', 'query'")
         self.zero_init = tuple(zero_init)
+        self.trace = trace
         self.fixed_kwargs = fixed_kwargs
 
     def kwargs(self, width: int, depth: int | None = None) -> dict[str, Any]:
@@ -250,19 +252,16 @@ class MupFactory:
         Uses are the same at every width, so they are followed once; a second width shows which numbers
         change with the width, and the third is traced only to fit the head dims of attention, if any.
         """
-        widths = [p * self.width_multiple for p in self.sentinels]
-        try:
-            traces = [trace_forward(build_on_meta(self.factory, self.kwargs(widths[0])), self.example_inputs)]
-            for w in widths[1:] if traces[0].attention else widths[1:2]:
-                traces.append(trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
-                                            follow_params=False))
-            return traces
-        except (RuntimeError, ValueError) as exc:
-            if self.example_inputs is not None:
-                raise
-            warnings.warn(f"the forward was not traced, so roles come from layer types and attention logits keep "
-                          f"1/sqrt(d_head): {exc}", stacklevel=2)
+        if not self.trace:
+            warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
+                          "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=2)
             return []
+        widths = [p * self.width_multiple for p in self.sentinels]
+        traces = [trace_forward(build_on_meta(self.factory, self.kwargs(widths[0])), self.example_inputs)]
+        for w in widths[1:] if traces[0].attention else widths[1:2]:
+            traces.append(trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
+                                        follow_params=False))
+        return traces
 
     @cached_property
     def attention(self) -> dict[str, AttentionSpec]:

@@ -47,6 +47,7 @@ class MupConfig:
     branches: list | None = None
     attn_scale: str = "auto"  # auto | 1/d | 1/sqrt(d)
     zero_init: list = field(default_factory=list)  # readout, query
+    trace: bool = True  # false: roles from layer types only, for a forward that cannot run on meta tensors
 
 
 @dataclass
@@ -214,7 +215,8 @@ def build_factory(cfg: Config):
     return wrap(import_factory(m.factory), base_width=base_width, base_depth=mup.base_depth, sentinel=mup.sentinel,
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
-                branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, **m.kwargs)
+                branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, trace=mup.trace,
+                **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

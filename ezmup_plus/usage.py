@@ -94,8 +94,10 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
         with attention, params, torch.no_grad():
             model(*inputs)
     except Exception as exc:
-        raise RuntimeError(f"the model's forward failed on meta tensors ({exc}); pass example_inputs=... to "
-                           "ezmup_plus.wrap (a tuple of tensors, or a callable returning one)") from exc
+        raise RuntimeError(
+            f"the model's forward failed on meta tensors ({exc}). ezmup_plus runs it once to learn how each "
+            "tensor is used: pass example_inputs=... to ezmup_plus.wrap (a tuple of tensors, or a callable "
+            "returning one), or trace=False to fall back to layer types (attention then keeps 1/sqrt(d))") from exc
     finally:
         for h in handles:
             h.remove()

@@ -154,3 +154,10 @@ def test_zero_init_key_reaches_the_model(tmp_path):
     path = write(tmp_path, "c.yaml", BASE + "mup: {base_width: 16, zero_init: [readout]}\n")
     model, _, _ = from_config(path)
     assert not model.readout.weight.any() and model.hidden[1].weight.any()
+
+
+def test_trace_key_turns_the_meta_forward_off(tmp_path):
+    path = write(tmp_path, "c.yaml", BASE + "mup: {base_width: 16, trace: false}\n")
+    with pytest.warns(UserWarning, match="trace=False: roles come from layer types"):
+        model, _, _ = from_config(path)
+    assert ezp.plan_of(model)["hidden.1.weight"].source == "convention"

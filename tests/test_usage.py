@@ -83,12 +83,13 @@ class NeedsValues(nn.Module):
         return self.out(torch.relu(self.lin(x)))
 
 
-def test_a_forward_that_fails_on_meta():
-    with pytest.warns(UserWarning, match="forward was not traced, so roles come from layer types"):
-        plan = ezp.wrap(NeedsValues, base_width=32).plan(width=64)
+def test_a_forward_that_fails_on_meta_is_an_error_unless_tracing_is_turned_off():
+    for inputs in (None, (torch.randn(2, 4),)):
+        with pytest.raises(RuntimeError, match="failed on meta tensors.*pass example_inputs=.*or trace=False"):
+            ezp.wrap(NeedsValues, base_width=32, example_inputs=inputs).plan(width=64)
+    with pytest.warns(UserWarning, match="trace=False: roles come from layer types"):
+        plan = ezp.wrap(NeedsValues, base_width=32, trace=False).plan(width=64)
     assert plan["out.weight"].role == "output" and plan["out.weight"].source == "convention"
-    with pytest.raises(RuntimeError, match="failed on meta tensors.*pass example_inputs"):
-        ezp.wrap(NeedsValues, base_width=32, example_inputs=(torch.randn(2, 4),)).plan(width=64)
 
 
 class TiedMatmulLM(TiedLM):
