@@ -95,6 +95,23 @@ def test_llama_roles_base_and_coordinate_check():
                        lambda n: n.startswith("model.layers.") and n.count(".") == 2)
 
 
+# --- OPT: tied readout; its queries are scaled before the kernel, so the logit factor is folded ---------
+
+def test_opt_folds_the_logit_factor_into_its_query_projection():
+    f = ezp.wrap(hf.opt, base_width=32, width_multiple=4)
+    plan = f.plan(width=128)
+    a = plan.attention["model.decoder.layers.0.self_attn"]
+    assert (a.factor, a.via, a.query) == (pytest.approx(0.5), "fold", "model.decoder.layers.0.self_attn.q_proj")
+    q, k = (plan[f"model.decoder.layers.0.self_attn.{n}_proj.weight"] for n in "qk")
+    assert (q.init_factor, q.lr_mult, q.eps_mult) == pytest.approx((k.init_factor / 2, k.lr_mult / 2, k.eps_mult * 2))
+    assert plan.multipliers == {"lm_head": pytest.approx(1 / 4)}  # tied to the token embedding
+    assert plan["model.decoder.embed_positions.weight"].role == "input"
+    assert base_is_bit_identical(f, hf.opt)
+    # from 64 up: at the base 32 the block RMS is 1.4x higher (a finite-width effect; SP grows 34x by 256)
+    block_outputs_flat(f, [64, 128, 256], (TOKENS[:, :-1], TOKENS[:, 1:]), causal_lm_loss,
+                       lambda n: n.startswith("model.decoder.layers.") and n.count(".") == 3)
+
+
 # --- BERT: post-LN encoder with token-type embeddings -------------------------------------------
 
 def test_bert_roles_base_and_coordinate_check():
@@ -112,8 +129,8 @@ def test_bert_roles_base_and_coordinate_check():
 
 def test_vit_roles_base_and_coordinate_check():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # cls token and position table: bare tensors, reported as guesses
-        f = ezp.wrap(hf.vit, base_width=32, width_multiple=4, example_inputs=lambda: (IMAGES[:2].to("meta"),))
+        warnings.simplefilter("error")  # cls token and position table: bare tensors the trace sees added in
+        f = ezp.wrap(hf.vit, base_width=32, width_multiple=4, example_inputs=lambda: (IMAGES[:2],))
         plan = f.plan(width=128)
     assert plan["vit.embeddings.cls_token"].role == "input"
     assert plan["vit.embeddings.position_embeddings"].role == "input"

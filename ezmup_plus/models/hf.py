@@ -24,6 +24,17 @@ def llama(width: int, depth: int = 2, vocab_size: int = 65, max_position_embeddi
                                         bos_token_id=0, eos_token_id=0, pad_token_id=0))
 
 
+def opt(width: int, depth: int = 2, vocab_size: int = 65, max_position_embeddings: int = 64,
+        n_head: int = 4) -> nn.Module:
+    """OPT: tied readout, learned positions, queries multiplied by 1/sqrt(d) before a kernel given scale 1."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    return OPTForCausalLM(OPTConfig(hidden_size=width, ffn_dim=4 * width, num_hidden_layers=depth,
+                                    num_attention_heads=n_head, word_embed_proj_dim=width, vocab_size=vocab_size,
+                                    max_position_embeddings=max_position_embeddings, pad_token_id=1, bos_token_id=0,
+                                    eos_token_id=0))
+
+
 def bert(width: int, depth: int = 2, vocab_size: int = 65, max_position_embeddings: int = 64, n_head: int = 4) -> nn.Module:
     """BERT encoder: post-LN blocks, token-type embeddings, 4w intermediate."""
     from transformers import BertConfig, BertModel
