@@ -1,4 +1,4 @@
-"""The ``ezmup-plus`` command line: inspect a plan, train, sweep, transfer, coordinate-check, demo."""
+"""The ``ezmup-plus`` command line: inspect a plan, train, sweep, transfer, coordinate-check, export, demo."""
 
 from __future__ import annotations
 
@@ -151,6 +151,18 @@ def cmd_coord_check(args) -> None:
         sys.exit(1)
 
 
+def cmd_export(args) -> None:
+    """Load a training checkpoint into the config's model and save the plain factory's state dict."""
+    from .checkpoint import load_checkpoint
+    from .export import export_standard
+
+    cfg = load_config(args.config, args.set)
+    model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth)
+    load_checkpoint(args.checkpoint, model)
+    torch.save(export_standard(model), args.out)
+    print(f"wrote {args.out}: load it with {cfg.model.factory}(...).load_state_dict(torch.load(path))")
+
+
 def cmd_demo(args) -> None:
     from .demo import main as demo
 
@@ -185,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p = command("export", cmd_export, "a training checkpoint as a plain state dict (muP multipliers folded in)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.pt written by 'train'")
+    p.add_argument("--out", type=Path, required=True)
     p = command("demo", cmd_demo, "the muTransfer demonstration on sklearn's digits (no download)", config=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the demo (see 'demo -- --help')")
     args = parser.parse_args(argv)

@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import ezmup_plus as ezp
 from ezmup_plus.checkpoint import load_checkpoint
 from ezmup_plus.cli import main
 from ezmup_plus.config import build_factory, build_optimizer, load_config
+from ezmup_plus.models.mlp import MLP
 
 TINY = """
 model: {factory: "ezmup_plus.models.mlp:MLP", width: 64, kwargs: {in_features: 8, out_features: 1}}
@@ -28,7 +30,7 @@ def config(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("inspect", "train", "sweep", "transfer", "coord-check", "demo"):
+    for command in ("inspect", "train", "sweep", "transfer", "coord-check", "export", "demo"):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0
@@ -51,6 +53,11 @@ def test_train_logs_and_checkpoints(config, tmp_path):
     state = load_checkpoint(out / "checkpoint.pt", model, opt)
     assert ezp.MupPlan.from_yaml(state["plan"]) == ezp.plan_of(model)
     assert opt.state_dict()["state"], "optimizer state was restored"
+    main(["export", str(config), str(out / "checkpoint.pt"), "--out", str(out / "plain.pt")])
+    plain = MLP(64, in_features=8, out_features=1)
+    plain.load_state_dict(torch.load(out / "plain.pt"))
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(plain(x), model(x))
 
 
 def test_sweep_and_transfer(config, tmp_path, capsys):
