@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except ConfigError as exc:
         parser.exit(2, f"ezmup-plus: config error: {exc}\n")
+    except ValueError as exc:  # the library's own checks (a plan mismatch, an export that is not exact, ...)
+        parser.exit(2, f"ezmup-plus: {exc}\n")
 
 
 if __name__ == "__main__":
