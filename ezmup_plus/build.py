@@ -13,7 +13,6 @@ import warnings
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import sympy
 import torch
 from torch import nn
 

@@ -17,7 +17,6 @@ Plain data out: :class:`ForwardTrace`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
