@@ -9,10 +9,29 @@ from torch import nn
 
 import ezmup_plus as ezp
 from ezmup_plus.models.gpt import GPT
-from tiny_models import TiedLM
+from tiny_models import TiedLM, TinyTransformer
 
 
 IDX = torch.randint(0, 32, (4, 8), generator=torch.Generator().manual_seed(0))
+
+
+def assert_compiled_equals_eager(model, backend, idx=IDX):
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    out_c, out_e = compiled(idx), eager(idx)
+    torch.testing.assert_close(out_c, out_e)
+    out_c.square().mean().backward()
+    out_e.square().mean().backward()
+    for a, b in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert ezp.plan_of(compiled) is ezp.plan_of(model)  # found through OptimizedModule._orig_mod
+
+
+def query_rows_hooked():
+    """A forward hook on the first third of a fused QKV's output (the queries)."""
+    model = ezp.wrap(TinyTransformer, base_width=16, width_multiple=2, kernel="sdpa", fused=True)(width=64)
+    assert ezp.plan_of(model).attention["attn"].via == "query"
+    return model
 
 
 def test_compile_matches_eager_with_multipliers_and_attention_scale():
@@ -20,15 +39,12 @@ def test_compile_matches_eager_with_multipliers_and_attention_scale():
     gpt = ezp.wrap(GPT, base_width=32, width_multiple=4, depth=1, vocab_size=32, block_size=8)(width=64)
     assert ezp.plan_of(tied).multipliers and ezp.plan_of(gpt).attention
     for model in (tied, gpt):
-        eager = copy.deepcopy(model)
-        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-        out_c, out_e = compiled(IDX), eager(IDX)
-        torch.testing.assert_close(out_c, out_e)
-        out_c.square().mean().backward()
-        out_e.square().mean().backward()
-        for a, b in zip(model.parameters(), eager.parameters()):
-            torch.testing.assert_close(a.grad, b.grad)
-        assert ezp.plan_of(compiled) is ezp.plan_of(model)  # found through OptimizedModule._orig_mod
+        assert_compiled_equals_eager(model, "aot_eager")
+    assert_compiled_equals_eager(query_rows_hooked(), "aot_eager", IDX % 16)
+
+
+def test_inductor_compiles_a_hooked_model_to_the_same_outputs_and_gradients():
+    assert_compiled_equals_eager(query_rows_hooked(), "inductor", IDX % 16)  # C++ codegen: one model is enough
 
 
 def test_checkpoint_round_trip_continues_bit_identically(tmp_path):
