@@ -22,7 +22,7 @@ from .plan import AttentionSpec, MupPlan, make_plan
 from .roles import IN_OUT_TYPES, Role, classify
 from .shapes import WIDTH, fit_dim, scales
 from .trace import DEFAULT_SENTINELS, ShapeTable, build_on_meta, probe, probe_depth
-from .usage import SCALE_ATTR, ForwardTrace, trace_forward
+from .usage import SCALE_ATTR, ForwardTrace, trace_forward, width_dependent_numbers
 
 PLAN_ATTR = "_ezmup_plan"
 ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
@@ -249,7 +249,8 @@ class MupFactory:
         """Parameter uses and attention, from a meta forward at each sentinel width ([] when it cannot run).
 
         Uses are the same at every width, so they are followed once; a second width shows which numbers
-        change with the width, and the third is traced only to fit the head dims of attention, if any.
+        change with the width (each a warning: muP does not account for Gemma's sqrt(w) embedding scale),
+        and the third is traced only to fit the head dims of attention, if any.
         """
         if not self.trace:
             warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
@@ -260,6 +261,9 @@ class MupFactory:
         for w in widths[1:] if traces[0].attention else widths[1:2]:
             traces.append(trace_forward(build_on_meta(self.factory, self.kwargs(w)), self.example_inputs,
                                         follow_params=False))
+        for note in width_dependent_numbers(traces[0], traces[1], (widths[0], widths[1])):
+            warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
+                          "a constant in the factory, or check the transfer with a coordinate check", stacklevel=2)
         return traces
 
     @cached_property
@@ -281,8 +285,8 @@ class MupFactory:
             head_dim = fit_dim(widths, [s.head_dim for s in sites])
             if not scales(head_dim):
                 continue
-            rows = None if site.query_rows is None else [fit_dim(widths, list(r)) for r in
-                                                          zip(*(s.query_rows for s in sites))]
+            rows = None if any(s.query_rows is None for s in sites) else [
+                fit_dim(widths, list(r)) for r in zip(*(s.query_rows for s in sites))]
             query = None if site.query_source is None else self.table.template(site.query_source)
             if site.scaled_by_attribute:
                 found[self.table.template(name)] = AttentionSpec(head_dim, "scaling", query, *(rows or ()))
@@ -303,34 +307,17 @@ class MupFactory:
     def _foldable(self, module: str, rows: tuple[int, int]) -> bool:
         """A multiplier folds exactly into a module making only the queries from a randomly drawn matrix
         (plus a bias): init x factor is then the same function, LR and eps follow (``rules.fold``)."""
-        params = {n.rpartition(".")[2]: p for n, p in self.table.params.items() if n.rpartition(".")[0] == module}
-        weight = params.get("weight")
-        return (set(params) <= {"weight", "bias"} and weight is not None and len(weight.dims) >= 2
-                and self.base_stds.get(f"{module}.weight") is not None and rows == (0, self._out_dim(weight)))
+        own = {n.rpartition(".")[2] for n in self.table.params if n.rpartition(".")[0] == module}
+        return (own <= {"weight", "bias"} and self._makes_only(module, rows)
+                and self.base_stds.get(f"{module}.weight") is not None)
 
-    def _out_dim(self, weight) -> int:
-        """The output size of a weight's module at the first sentinel width."""
-        dim = weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0]
-        return int(dim.subs(WIDTH, self.sentinels[0] * self.width_multiple))
-
-    @cached_property
-    def width_constants(self) -> tuple[str, ...]:
-        """Numbers in the forward, outside attention, that change with the width (Gemma's sqrt(w) embedding
-        scale, T5's d**-0.5 before its tied readout): muP does not account for them, so each is a warning."""
-        if len(self.forward_traces) < 2:
-            return ()
-        (w0, w1), (a, b) = self.sentinels[:2], self.forward_traces[:2]
-        w0, w1 = w0 * self.width_multiple, w1 * self.width_multiple
-        seen = [(f"{k} = {a.float_attributes[k]:.4g} at width {w0} and {v:.4g} at width {w1}", k.rpartition(".")[0])
-                for k, v in b.float_attributes.items() if a.float_attributes.get(k, v) != v]
-        if len(a.numbers) == len(b.numbers):
-            seen += [(f"{m or 'the root module'} multiplies a tensor by {x:.4g} at width {w0} and {y:.4g} at width "
-                      f"{w1}", m) for (m, x), (_, y) in zip(a.numbers, b.numbers) if x != y]
-        notes = tuple(dict.fromkeys(note for note, module in seen if module not in a.attention))
-        for note in notes:
-            warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
-                          "a constant in the factory, or check the transfer with a coordinate check", stacklevel=4)
-        return notes
+    def _makes_only(self, module: str | None, rows: tuple[int, int] | None) -> bool:
+        """The rows are all of ``module``'s output: a weight matrix makes the queries and nothing else."""
+        weight = self.table.params.get(f"{module}.weight")
+        if weight is None or len(weight.dims) < 2 or rows is None:
+            return False
+        out_dim = weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0]
+        return rows == (0, int(out_dim.subs(WIDTH, self.sentinels[0] * self.width_multiple)))
 
     @cached_property
     def zeroed(self) -> frozenset[str]:
@@ -350,8 +337,7 @@ class MupFactory:
         return frozenset(self.table.template(n) for n in names)
 
     def _query_params(self, attention: str, source: str | None, rows: tuple[int, int] | None) -> set[str]:
-        weight = self.table.params.get(f"{source}.weight")
-        if weight is None or rows != (0, self._out_dim(weight)):
+        if not self._makes_only(source, rows):
             raise ValueError(
                 f"zero_init=['query']: the queries of {attention} come from {source}, which is not a projection "
                 "making only them (a fused QKV projection?); only an unfused query projection can start at zero")
@@ -389,11 +375,9 @@ class MupFactory:
 
 @lru_cache(maxsize=64)
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
-    plan = make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
+    return make_plan(f.table, f.roles, f.base_stds, width=width, base_width=f.base_width, depth=depth,
                      parametrization=f.parametrization, family=family, depth_alpha=f.depth_alpha,
                      branches=f.branches, attention=f.attention, zeroed=f.zeroed)
-    f.width_constants  # noqa: B018  (computed once per factory: it warns)
-    return plan
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

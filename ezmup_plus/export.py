@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .build import plan_of, planned_module
+from .trace import parameter_layout
 
 # where a module's output features live in its weight and bias (the dim that the output's last dim indexes)
 OUTPUT_DIM = {"Linear": 0, "Conv1D": 1, "Embedding": 1, "LayerNorm": 0, "RMSNorm": 0, "LlamaRMSNorm": 0}
@@ -75,8 +76,6 @@ def _fold(state: dict[str, torch.Tensor], name: str, module: nn.Module | None, s
 
 
 def _shared_names(module: nn.Module) -> dict[str, list[str]]:
-    """Parameter name -> the other names of the same tensor."""
-    names: dict[int, list[str]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    return {n: [other for other in group if other != n] for group in names.values() for n in group}
+    """Parameter name -> the other names of the same tensor (its aliases, as the tracer lists them)."""
+    groups = [(name, *aliases) for name, (*_, aliases) in parameter_layout(module).items()]
+    return {n: [other for other in group if other != n] for group in groups for n in group}

@@ -119,13 +119,14 @@ def traced_fan_in(p: ParamShape, uses: tuple[Use, ...]) -> tuple[tuple[int, ...]
         return contracted[0], None
     finite = [dims for dims in contracted if not any(i in p.scaled_dims for i in dims)]
     if len(contracted) == 2 and len(finite) == 1:
-        readout = next(u for u in uses if u.dims != finite[0] and u.kind == "contract")
+        scaled = next(dims for dims in contracted if dims != finite[0])
+        readout = next(u for u in uses if u.dims == scaled)
         if readout.returned_by is None:
             raise ValueError(
                 f"{p.name} is used as an input embedding and as the readout (a tied weight), but no module returns "
                 f"the logits it produces unchanged ({readout.op} in {readout.module or 'the root module'}), so their "
                 "1/m_w multiplier has nowhere to go. Compute the readout in its own module (an nn.Linear sharing the "
-                f"weight) or pass roles={{'{p.name}': ...}} to wrap")
+                "weight) and return its output")
         return finite[0], readout.returned_by
     warnings.warn(f"{p.name}: contracted over different dims {contracted} in different ops; taking the layout "
                   f"convention. Pass roles={{'{p.name}': ...}} to wrap if that is wrong", stacklevel=4)

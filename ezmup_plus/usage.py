@@ -459,3 +459,15 @@ def _last_dim_stays(before: torch.Tensor, func, args) -> bool:
         return all(d % before.dim() != before.dim() - 1 for d in args[-2:])
     return func not in (torch.Tensor.permute, torch.permute, torch.Tensor.movedim, torch.movedim)
 
+
+
+def width_dependent_numbers(a: ForwardTrace, b: ForwardTrace, widths: tuple[int, int]) -> list[str]:
+    """Numbers outside attention that differ between the traces at two widths: float attributes of modules,
+    and floats that multiply or divide tensors in the forward (compared in call order)."""
+    w0, w1 = widths
+    seen = [(f"{k} = {a.float_attributes[k]:.4g} at width {w0} and {v:.4g} at width {w1}", k.rpartition(".")[0])
+            for k, v in b.float_attributes.items() if a.float_attributes.get(k, v) != v]
+    if len(a.numbers) == len(b.numbers):
+        seen += [(f"{m or 'the root module'} multiplies a tensor by {x:.4g} at width {w0} and {y:.4g} at width {w1}",
+                  m) for (m, x), (_, y) in zip(a.numbers, b.numbers) if x != y]
+    return list(dict.fromkeys(note for note, module in seen if module not in a.attention))
