@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT))
 
 from ezmup_plus.diagnostics import analyse, lr_sweep, plot_sweep, transfer_table  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "docs" / "results"
 
 

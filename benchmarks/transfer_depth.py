@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from common import DATA, parse_preset, run_transfer
+from common import parse_preset, run_transfer
 
 import ezmup_plus as ezp
 from ezmup_plus.data import lm_batches, lm_loss, load_shakespeare_chars
@@ -31,7 +31,7 @@ def gpt(width: int, depth: int, vocab_size: int, block_size: int) -> GPT:
 def main() -> None:
     preset, cfg, args = parse_preset(__doc__.splitlines()[0], PRESETS)
     torch.set_num_threads(1)
-    train_ids, val_ids, vocab = load_shakespeare_chars(DATA / "tinyshakespeare.txt")
+    train_ids, val_ids, vocab = load_shakespeare_chars()
     val = next(lm_batches(val_ids, cfg["block"], 64, seed=1234))
     factories = {p: ezp.wrap(gpt, base_width=64, base_depth=2, width_multiple=8, parametrization=p,
                              vocab_size=vocab, block_size=cfg["block"]) for p in PARAMETRIZATIONS}

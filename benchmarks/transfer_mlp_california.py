@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common import DATA, parse_preset, run_transfer
+from common import parse_preset, run_transfer
 
 import ezmup_plus as ezp
 from ezmup_plus.data import load_california_housing
@@ -53,7 +53,7 @@ def microsoft_mup(width: int, lr: float):
 def main() -> None:
     preset, cfg, args = parse_preset(__doc__.splitlines()[0], PRESETS)
     torch.set_num_threads(2)
-    x, y, xv, yv = load_california_housing(DATA / "california_housing.csv")
+    x, y, xv, yv = load_california_housing()
     factories = {p: ezp.wrap(MLP, base_width=16, parametrization=p, in_features=8, out_features=1)
                  for p in ("sp", "mup")}
 

@@ -30,12 +30,12 @@ class Task:
 def task_from(cfg: Config) -> Task:
     d, batch = cfg.data, cfg.train.batch_size
     if d.name == "tinyshakespeare":
-        train_ids, val_ids, _ = load_shakespeare_chars(_data_path(d))
+        train_ids, val_ids, _ = load_shakespeare_chars(d.path)
         return Task(lambda s: lm_batches(train_ids, d.block_size, batch, s),
                     next(lm_batches(val_ids, d.block_size, 64, 1234)), lm_loss)
     if d.name in ("california_housing", "digits", "synthetic"):
         if d.name == "california_housing":
-            x, y, xv, yv = load_california_housing(_data_path(d))
+            x, y, xv, yv = load_california_housing(d.path)
         elif d.name == "digits":
             from .demo import digits
 
@@ -45,12 +45,6 @@ def task_from(cfg: Config) -> Task:
         loss = torch.nn.functional.cross_entropy if d.name == "digits" else torch.nn.functional.mse_loss
         return Task(lambda s: random_batches(x, y, batch, s), (xv, yv), loss)
     raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing or tinyshakespeare")
-
-
-def _data_path(d) -> Path:
-    if not d.path:
-        raise ConfigError(f"data.path is required for data.name={d.name!r}")
-    return Path(d.path)
 
 
 def _synthetic(n_in: int, n_out: int, n: int = 2048) -> tuple[torch.Tensor, ...]:

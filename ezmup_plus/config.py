@@ -83,7 +83,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     name: str = "synthetic"  # synthetic | digits | california_housing | tinyshakespeare
-    path: str | None = None
+    path: str | None = None  # a local copy of the named set; else $EZMUP_PLUS_DATA, the cache or a download
     block_size: int = 64
 
 

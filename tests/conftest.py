@@ -1,7 +1,12 @@
 """Shared test settings."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+from ezmup_plus.data import DATA_DIR_VAR
 
 
 @pytest.fixture(autouse=True)
@@ -11,3 +16,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data_copies() -> Path:
+    """The directory of data copies that EZMUP_PLUS_DATA names: tests never download.
+
+    Without it the test is skipped, visibly; under CI (``CI`` set, as ``.ci/run`` does) it fails.
+    """
+    root = os.environ.get(DATA_DIR_VAR)
+    if root and Path(root).is_dir():
+        return Path(root)
+    message = f"set {DATA_DIR_VAR} to a directory holding the data copies (tests never download)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

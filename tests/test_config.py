@@ -1,11 +1,14 @@
 """YAML configs: loading, extends, overrides, every error, the shipped configs, and the config transformer."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import ezmup_plus as ezp
+from ezmup_plus.cli import main
 from ezmup_plus.config import ConfigError, from_config, load_config
 from ezmup_plus.scale_config import scale_config
 
@@ -82,6 +85,17 @@ def test_shipped_configs_build(name):
     expected = "sp" if name.endswith("_sp") else load_config(CONFIGS / f"{name}.yaml").mup.parametrization
     assert plan.parametrization == expected and plan.width == 64
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.endswith("_sp")))
+def test_shipped_configs_train_on_their_named_data(name, data_copies, tmp_path):
+    """What a fresh clone runs: `ezmup-plus train CONFIG` with the data set the config names (each *_sp config
+    is its muP config with one line changed, and builds in the test above)."""
+    main(["train", str(CONFIGS / f"{name}.yaml"), "--set", "model.width=64", "--set", "train.steps=2",
+          "--out", str(tmp_path)])
+    plan = ezp.MupPlan.from_yaml(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["plan"])
+    assert plan.parametrization == load_config(CONFIGS / f"{name}.yaml").mup.parametrization and plan.width == 64
+    assert len(json.loads((tmp_path / "loss.json").read_text())["train"]) == 2
 
 
 def test_sp_variants_are_one_line_apart():

@@ -1,17 +1,15 @@
 """Beyond test_families.py: the Muon hybrid's split and its RMS variant, and a coordinate check per
 family that also watches the readout's change since init."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import ezmup_plus as ezp
+from ezmup_plus.hybrid import warn_emulated_bf16
 from ezmup_plus.models.mlp import MLP
-
-
-@pytest.fixture(scope="module")
-def factory():
-    return ezp.wrap(MLP, base_width=64)
 
 
 def lrs_by_name(opt):
@@ -34,10 +32,30 @@ def test_muon_hybrid_groups_and_rms_variant():
     assert g["lr"] == pytest.approx(0.02 / 2) and g["weight_decay"] == pytest.approx(0.1 * 2)  # m^-1/2, m^1/2
 
 
-@pytest.mark.parametrize("name,lr", [("sgd", 0.05), ("adafactor", 1e-2), ("muon", 1e-2), ("nadam", 1e-2)])
-def test_coordinate_check_holds_for_each_family(factory, name, lr):
-    """Widths 128 to 2048: at 64 Muon's readout still shows a finite-width drift (slope 0.2 at step 1)."""
+# Widths per family: SGD's readout needs 128 and up to leave its finite-width regime; torch's Muon
+# orthogonalises in bf16, emulated ~100x slower without native bf16, so its widths stay at 256 or less.
+FAMILY_CHECKS = [("sgd", 0.05, 32, [128, 512, 2048]), ("adafactor", 1e-2, 32, [64, 128, 256, 512]),
+                 ("muon", 1e-2, 16, [32, 64, 128, 256]), ("nadam", 1e-2, 32, [64, 128, 256, 512])]
+
+
+@pytest.mark.parametrize("name,lr,base,widths", FAMILY_CHECKS)
+def test_coordinate_check_holds_for_each_family(name, lr, base, widths):
+    """muP passes the coordinate check for every family, and SP fails it on the same widths (so it can fail)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
-    check = ezp.coord_check(factory, [128, 512, 2048], (x, y), optimizer=name, lr=lr)
-    assert check.ok, str(check)
+    checks = {p: ezp.coord_check(ezp.wrap(MLP, base_width=base, parametrization=p), widths, (x, y), optimizer=name,
+                                 lr=lr) for p in ("mup", "sp")}
+    assert checks["mup"].ok, str(checks["mup"])
+    assert not checks["sp"].ok, str(checks["sp"])
+
+
+def test_muon_on_a_cpu_without_native_bf16_warns_once(monkeypatch):
+    monkeypatch.setattr("ezmup_plus.hybrid.native_bf16", lambda: False)
+    warn_emulated_bf16.cache_clear()
+    model = ezp.wrap(MLP, base_width=16)(width=32)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        ezp.get_mup_optimizer(model, lr=1e-2, optimizer="muon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ezp.get_mup_optimizer(model, lr=1e-2, optimizer="muon")  # once per process
+    warn_emulated_bf16.cache_clear()
