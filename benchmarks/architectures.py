@@ -83,12 +83,19 @@ def inputs(kind: str) -> tuple:
             "images": (torch.randn(2, 3, 16, 16, generator=g),)}[kind]
 
 
-def survey(name: str) -> dict:
-    model_cls, config_cls, config, kind, options = ARCHITECTURES[name]
+def survey_factory(name: str):
+    """``factory(width, depth=2)`` for one architecture of the survey, from its small config."""
+    model_cls, config_cls, config, _, _ = ARCHITECTURES[name]
 
     def factory(width, depth=2):
         return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config(width, depth)))
 
+    return factory
+
+
+def survey(name: str) -> dict:
+    _, _, _, kind, options = ARCHITECTURES[name]
+    factory = survey_factory(name)
     options = {"width_multiple": 8, **options}
     if kind != "tokens":
         options["example_inputs"] = lambda: inputs(kind)

@@ -15,36 +15,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_leaves
 
 from .trace import ShapeTable
+from .usage import meta_inputs
 
 ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
         torch.Tensor.__iadd__}
-
-
-def meta_inputs(model: nn.Module, example_inputs: Any = None) -> tuple[Any, ...]:
-    """The user's example inputs (a tuple, or a callable returning one) moved to meta; else a guess."""
-    inputs = example_inputs() if callable(example_inputs) else example_inputs
-    if inputs is None:
-        return default_example_inputs(model)
-    return tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, tuple(inputs)))
-
-
-def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
-    """A batch the first input layer accepts: token ids for an embedding, features for a linear layer, images
-    for a convolution (modules carrying their own parameters, like ViT's class token, are passed over)."""
-    first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv2d))), None)
-    if isinstance(first, nn.Embedding):
-        return (torch.randint(0, first.num_embeddings, (2, 8), device="meta"),)
-    if isinstance(first, nn.Linear):
-        return (torch.randn(2, first.in_features, device="meta"),)
-    if isinstance(first, nn.Conv2d):
-        return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
-    raise ValueError(
-        f"cannot guess an input for a {type(model).__name__}: it has no Embedding, Linear or Conv2d layer. Pass "
-        "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap (or trace=False)"
-    )
 
 
 def find_branches(model: nn.Module, table: ShapeTable, example_inputs: Any = None) -> dict[str, str]:

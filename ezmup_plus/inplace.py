@@ -1,27 +1,23 @@
 """ezmup style: a model the user built at the sentinel width, re-created at a target width in place.
 
-With one build there is one probe, so every dim that is a multiple of the sentinel is read as that
-multiple of the width. Where that reading could be wrong (a dim that is a multiple of the sentinel
-squared, a buffer or a float attribute derived from the width) this module refuses and points to
-``wrap``, which probes several primes and is exact.
+The model is analysed like a factory (``analysis.analyse_model``: the same stages, one probe) and
+planned by the same ``make_plan``; what is particular to an existing module is here: fresh tensors
+at the target shapes, width attributes brought along, and refusals where one build cannot tell what
+a value becomes at another width (a buffer or a float attribute derived from the width).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 
-import sympy
 import torch
 from torch import nn
 
-from .build import apply_plan, init_stds
+from .analysis import Analysis, AnalysisOptions, analyse_model
+from .build import PLAN_ATTR, apply_plan
 from .plan import MupPlan, make_plan
-from .roles import classify
 from .shapes import WIDTH
-from .trace import ParamShape, ShapeTable, parameter_layout
-from .usage import Use, trace_forward
+from .usage import SCALE_ATTR
 
 WIDTH_ATTRS_HINT = "use ezmup_plus.wrap(make_model, base_width=...) instead, which probes several widths and is exact"
 
@@ -34,55 +30,47 @@ def rescale_in_place(
     Init is relative to the model as built: a tensor's std at ``width`` is its std at the sentinel
     times the rule's factor for ``width / base_width`` (``base_width`` defaults to the sentinel).
     """
-    base_width = sentinel if base_width is None else base_width
-    table = _table_at_sentinel(model, sentinel)
-    _refuse_unsure(model, sentinel)
-    plan = make_plan(table, classify(table, uses=_traced_uses(model, sentinel)), init_stds([model]), width=width,
-                     base_width=base_width, parametrization=parametrization)
-    _resize(model, table, plan, sentinel)
-    return apply_plan(model, plan).__dict__["_ezmup_plan"]
+    analysis = analyse_model(model, AnalysisOptions(base_width=sentinel if base_width is None else base_width,
+                                                    sentinels=(sentinel,), source="model"))
+    scales = _attention_scales(model, analysis, width)
+    _refuse_unsure(model, sentinel, set(scales))
+    plan = make_plan(analysis, width=width, parametrization=parametrization)
+    _resize(model, analysis, plan, sentinel)
+    for name, value in scales.items():
+        setattr(model.get_submodule(name), SCALE_ATTR, value)
+    return apply_plan(model, plan).__dict__[PLAN_ATTR]
 
 
-def _table_at_sentinel(model: nn.Module, sentinel: int) -> ShapeTable:
-    params = {}
-    for name, (shape, module, module_type, attr, aliases) in parameter_layout(model).items():
-        dims = []
-        for axis, size in enumerate(shape):
-            if size % (sentinel * sentinel) == 0:
-                raise ValueError(f"{name} dim {axis} is {size}, a multiple of {sentinel}^2: it could be w^2 or a "
-                                 f"multiple of w; {WIDTH_ATTRS_HINT}")
-            dims.append(sympy.Integer(size // sentinel) * WIDTH if size % sentinel == 0 else sympy.Integer(size))
-        params[name] = ParamShape(name, tuple(dims), module, module_type, attr, aliases)
-    if not any(p.scaled_dims for p in params.values()):
-        raise ValueError(f"no parameter of this {type(model).__name__} has a dim that is a multiple of the sentinel "
-                         f"{sentinel}: build the model at width={sentinel} before passing width=... to get_mup_optimizer")
-    modules = {n: type(m).__name__ for n, m in model.named_modules()}
-    return ShapeTable(params, (sentinel,), modules)
+def _attention_scales(model: nn.Module, analysis: Analysis, width: int) -> dict[str, float]:
+    """The factory's own logit scale at ``width`` for attention that passes its ``scaling`` attribute to the kernel.
 
-
-def _traced_uses(model: nn.Module, sentinel: int) -> dict[str, tuple[Use, ...]] | None:
-    """Parameter uses from a meta copy's forward; attention with a width-sized head dim is refused."""
-    try:
-        trace = trace_forward(copy.deepcopy(model).to("meta"))
-    except (RuntimeError, ValueError) as exc:
-        warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
-        return None
-    for name, site in trace.attention.items():
-        if site.head_dim % sentinel == 0:
-            raise ValueError(f"{name or 'the model'} computes attention with a head dim of {site.head_dim}, a multiple "
-                             f"of {sentinel}: muP's 1/d_head logit scale needs it traced at several widths; "
+    Built once, the attribute holds the sentinel's 1/sqrt(d_head); the one law it can be read as is that
+    one, so any other value is refused. ``apply_plan`` then applies muP's factor to it, as for a fresh build.
+    """
+    scales = {}
+    for name, spec in analysis.attention.items():
+        if spec.via != "scaling":
+            continue
+        value = getattr(model.get_submodule(name), SCALE_ATTR)
+        head_dim = int(spec.head_dim.subs(WIDTH, analysis.table.widths[0]))
+        if not math.isclose(value, head_dim**-0.5, rel_tol=1e-12):
+            raise ValueError(f"{name}.{SCALE_ATTR} = {value!r} is not 1/sqrt(d_head) = {head_dim**-0.5!r} of its head "
+                             f"dim {head_dim}, so one build cannot tell what it becomes at width {width}; "
                              f"{WIDTH_ATTRS_HINT}")
-    return trace.uses
+        scales[name] = int(spec.head_dim.subs(WIDTH, width)) ** -0.5
+    return scales
 
 
-def _refuse_unsure(model: nn.Module, sentinel: int) -> None:
-    """Width-derived state that cannot be re-created from one probe."""
+def _refuse_unsure(model: nn.Module, sentinel: int, known: set[str]) -> None:
+    """Width-derived state that cannot be re-created from one probe (``known``: attention scales accounted for)."""
     for name, buf in model.named_buffers():
         if any(s % sentinel == 0 for s in buf.shape):
             raise ValueError(f"buffer {name} has shape {tuple(buf.shape)}, which depends on the width; it cannot be "
                              f"re-created in place. {WIDTH_ATTRS_HINT}")
     for module_name, module in model.named_modules():
         for attr, value in vars(module).items():
+            if module_name in known and attr == SCALE_ATTR:
+                continue
             if isinstance(value, float) and _looks_width_derived(value, sentinel):
                 raise ValueError(f"{module_name or 'model'}.{attr} = {value!r} looks derived from the width "
                                  f"{sentinel} (e.g. a 1/sqrt(d) scale); in place it would keep its old value. "
@@ -101,11 +89,11 @@ def _looks_width_derived(value: float, sentinel: int) -> bool:
     return False
 
 
-def _resize(model: nn.Module, table: ShapeTable, plan: MupPlan, sentinel: int) -> None:
+def _resize(model: nn.Module, analysis: Analysis, plan: MupPlan, sentinel: int) -> None:
     """Fresh tensors at the target shape with the sentinel tensor's mean and std, then width attributes."""
     modules = dict(model.named_modules(remove_duplicate=False))
     with torch.no_grad():
-        for name, p in table.params.items():
+        for name, p in analysis.table.params.items():
             if not p.scaled_dims:
                 continue
             old = modules[p.module]._parameters[p.attr]

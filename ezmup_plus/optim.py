@@ -16,6 +16,7 @@ from torch import nn
 
 from .build import find_plan, planned_module
 from .hybrid import MuonHybrid
+from .inplace import rescale_in_place
 from .plan import MupPlan
 from .rules import FAMILIES, check_family
 
@@ -125,8 +126,6 @@ def _plan_for(model: nn.Module, width: int | None, depth: int | None) -> MupPlan
             "ezmup_plus.wrap(factory, base_width=...)(width=...), or build it at the sentinel width (47) and pass "
             "width=... here. ezmup_plus never silently falls back to standard parametrization"
         )
-    from .inplace import rescale_in_place
-
     return rescale_in_place(model, width)
 
 

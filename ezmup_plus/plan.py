@@ -15,7 +15,8 @@ import sympy
 import yaml
 
 from . import rules
-from .roles import Role
+from .analysis import Analysis
+from .attention import AttentionSpec, unroutable_error
 from .shapes import WIDTH, evaluate
 from .trace import ShapeTable
 
@@ -39,18 +40,6 @@ class TensorPlan:
     scale: rules.TensorScale = field(default=rules.TensorScale("finite"), repr=False)
     fold: float = 1.0  # forward multiplier folded into init and LR
     source: str = "convention"
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """What the trace found for one attention module whose head dim grows with the width (sizes in ``w``)."""
-
-    head_dim: sympy.Expr
-    via: str  # "scaling": the module's ``scaling`` attribute; "fold": the query projection's init and LR;
-    # "query": a forward hook on the query rows
-    query: str | None  # the module whose output rows [start, stop) are the queries
-    start: sympy.Expr = sympy.Integer(0)
-    stop: sympy.Expr = sympy.Integer(0)
 
 
 @dataclass(frozen=True)
@@ -171,28 +160,27 @@ def _tensor_from_dict(d: Mapping) -> TensorPlan:
 
 
 def make_plan(
-    table: ShapeTable,
-    roles: Mapping[str, Role],
-    base_stds: Mapping[str, float | None],
+    analysis: Analysis,
     *,
     width: int,
-    base_width: int,
     depth: int | None = None,
     parametrization: str = "mup",
     family: str = "adam",
     depth_alpha: float | None = None,
-    branches: Mapping[str, str] | None = None,
-    attention: Mapping[str, AttentionSpec] | None = None,
-    zeroed: frozenset[str] = frozenset(),
+    attn_scale: str = "auto",
 ) -> MupPlan:
-    """Combine shapes, roles, rules and the factory's base init into per-tensor numbers.
+    """The per-tensor numbers of ``analysis`` at one target: shapes, roles, rules and the factory's base init.
 
-    ``branches`` maps residual-branch module templates (``blocks.{i}.attn.c_proj``) to ``"fold"``
-    or ``"hook"``: the branch multiplier m_L^-alpha goes into init and LR, or into a forward hook.
-    ``attention`` maps attention module templates to what the trace found: logits get sqrt(d_base/d).
-    ``zeroed`` names parameter templates that start at zero (``zero_init``).
+    Residual branches get m_L^-alpha, folded into init and LR or as a forward hook; attention whose
+    head dim grows gets sqrt(d_base/d) on its logits (unless SP or ``attn_scale="1/sqrt(d)"``);
+    zero-init targets start at zero. Pure: nothing is traced or built.
     """
     rules.check_parametrization(parametrization)
+    table, roles, base_width = analysis.table, analysis.roles, analysis.options.base_width
+    attention = {} if parametrization == "sp" or attn_scale == "1/sqrt(d)" else analysis.attention
+    for template, spec in attention.items():
+        if spec.via == "none":
+            raise unroutable_error(module_names(table, template, table.depth)[0], spec.head_dim)
     if depth is not None and table.depth is None:
         raise ValueError(f"depth={depth} was given but the factory was not probed in depth: pass base_depth=... "
                          "to ezmup_plus.wrap")
@@ -200,9 +188,9 @@ def make_plan(
     alpha = rules.depth_alpha(parametrization, depth_alpha) if table.stacks else None
     m_depth = 1.0 if depth is None else depth / table.depth
     branch_multiplier = 1.0 if alpha is None else m_depth**-alpha
-    stds = _pooled_by_template(table, base_stds)
+    stds = _pooled_by_template(table, analysis.base_stds)
     query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
-                   for template, spec in (attention or {}).items() if spec.via == "fold"}
+                   for template, spec in attention.items() if spec.via == "fold"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
@@ -221,7 +209,7 @@ def make_plan(
         )
         s = rules.scaling(parametrization, family, scale, alpha)
         module = template.rpartition(".")[0]
-        fold = (branch_multiplier if (branches or {}).get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+        fold = (branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
         if fold != 1.0:
             s = rules.fold(family, s, fold)
         multiplier = 1.0
@@ -229,7 +217,7 @@ def make_plan(
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
-        init_std, init_factor = (0.0, 0.0) if template in zeroed else _target_std(stds.get(template), s)
+        init_std, init_factor = (0.0, 0.0) if template in analysis.zeroed else _target_std(stds.get(template), s)
         tensors[name] = TensorPlan(
             name=name,
             shape_expr=p.dims,
@@ -247,11 +235,11 @@ def make_plan(
             fold=fold,
             source=role.source,
         )
-    for template, kind in (branches or {}).items():  # per module: a hooked branch may own no parameter itself
+    for template, kind in analysis.branches.items():  # per module: a hooked branch may own no parameter itself
         if kind == "hook":
             multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
     logit_factors = {}
-    for template, spec in (attention or {}).items():
+    for template, spec in attention.items():
         factor = _logit_factor(spec, template, base_width, width)
         if factor == 1.0:
             continue

@@ -22,10 +22,14 @@ def fit_dim(widths: Sequence[int], values: Sequence[int]) -> sympy.Expr:
     """Return the lowest-degree polynomial p with rational coefficients and p(widths[i]) == values[i].
 
     A polynomial of degree k is fitted on the first k+1 probes and must hit every later probe
-    exactly, so each accepted fit is checked by at least one probe it was not fitted on.
+    exactly, so each accepted fit is checked by at least one probe it was not fitted on. One probe
+    (a model built at the sentinel) reads a multiple of the sentinel as that multiple of ``w``, and
+    refuses a multiple of its square, which could as well be ``w**2``.
     """
-    if len(widths) != len(values) or len(widths) < 2:
-        raise ValueError("fit_dim needs the same number (>= 2) of widths and values")
+    if len(widths) != len(values) or not widths:
+        raise ValueError("fit_dim needs the same number (>= 1) of widths and values")
+    if len(widths) == 1:
+        return _read_one_probe(widths[0], values[0])
     points = [(Fraction(x), Fraction(y)) for x, y in zip(widths, values)]
     for degree in range(len(points) - 1):
         poly = _interpolate(points[: degree + 1])
@@ -36,6 +40,12 @@ def fit_dim(widths: Sequence[int], values: Sequence[int]) -> sympy.Expr:
         f"values {list(values)} at widths {list(widths)} fit no polynomial of degree <= {len(points) - 2} in w; "
         "pass more sentinel primes (sentinels=...) for a higher degree, or make the dim a polynomial in the width"
     )
+
+
+def _read_one_probe(width: int, value: int) -> sympy.Expr:
+    if value and value % (width * width) == 0:
+        raise ShapeFitError(f"{value} is a multiple of {width}^2 at the one probe: it could be w^2 or a multiple of w")
+    return sympy.Integer(value // width) * WIDTH if value % width == 0 else sympy.Integer(value)
 
 
 def _interpolate(points: list[tuple[Fraction, Fraction]]) -> sympy.Expr:

@@ -121,29 +121,44 @@ def probe(
     sentinels: tuple[int, ...] = DEFAULT_SENTINELS,
     width_multiple: int = 1,
     fixed_kwargs: dict[str, Any] | None = None,
-) -> ShapeTable:
-    """Build the model at each sentinel width on meta and fit every dim as a polynomial in ``w``."""
+) -> tuple[ShapeTable, list[nn.Module]]:
+    """Build the model at each sentinel width on meta and fit every dim as a polynomial in ``w``.
+
+    The meta models come back too: the forward traces run on them, so nothing is built twice.
+    """
     if len(sentinels) < 3:
         raise ValueError(f"sentinels={sentinels}: give at least three primes (two to fit, one to check)")
     if len(set(sentinels)) != len(sentinels):
         raise ValueError(f"sentinels={sentinels} repeat a value; give distinct primes")
     widths = tuple(p * width_multiple for p in sentinels)
     kwargs = dict(fixed_kwargs or {})
-    layouts = []
+    models = []
     for width in widths:
         try:
-            model = build_on_meta(factory, {**kwargs, width_arg: width})
+            models.append(build_on_meta(factory, {**kwargs, width_arg: width}))
         except Exception as exc:  # the user's factory: re-raise with what we were doing
             raise RuntimeError(
                 f"the factory failed at sentinel width {width} ({width_arg}={width}): {exc}. If it needs the "
                 f"width to be a multiple of something (e.g. the head count), pass width_multiple=... to wrap"
             ) from exc
-        layouts.append(parameter_layout(model))
-    modules = {n: type(m).__name__ for n, m in model.named_modules()}
-    _check_same_names(layouts, widths)
+    table = shape_table(models, widths)
+    if not any(p.scaled_dims for p in table.params.values()):
+        raise ValueError(
+            f"no parameter shape depends on '{width_arg}': the factory ignores its width argument "
+            f"(shapes at widths {widths} are identical). Check that it passes '{width_arg}' to the layers"
+        )
+    collisions = tuple(note for name, p in table.params.items() for axis, d in enumerate(p.dims) if not scales(d)
+                       for note in _collision_notes(name, axis, int(d), sentinels))
+    for note in collisions:
+        warnings.warn(note, stacklevel=4)
+    return replace(table, collisions=collisions), models
 
+
+def shape_table(models: list[nn.Module], widths: tuple[int, ...]) -> ShapeTable:
+    """Every dim of the same model built at ``widths``, fitted in ``w`` (one width: read as a sentinel multiple)."""
+    layouts = [parameter_layout(model) for model in models]
+    _check_same_names(layouts, widths)
     params = {}
-    collisions = []
     for name, (_, module, module_type, attr, aliases) in layouts[0].items():
         shapes = [layout[name][0] for layout in layouts]
         if len({len(s) for s in shapes}) != 1:
@@ -152,22 +167,11 @@ def probe(
         for axis in range(len(shapes[0])):
             values = [s[axis] for s in shapes]
             try:
-                expr = fit_dim(widths, values)
+                dims.append(fit_dim(widths, values))
             except ShapeFitError as exc:
                 raise ShapeFitError(f"{name} dim {axis}: {exc}") from None
-            if not scales(expr):
-                collisions += _collision_notes(name, axis, values[0], sentinels)
-            dims.append(expr)
         params[name] = ParamShape(name, tuple(dims), module, module_type, attr, aliases)
-
-    if not any(p.scaled_dims for p in params.values()):
-        raise ValueError(
-            f"no parameter shape depends on '{width_arg}': the factory ignores its width argument "
-            f"(shapes at widths {widths} are identical). Check that it passes '{width_arg}' to the layers"
-        )
-    for note in collisions:
-        warnings.warn(note, stacklevel=3)
-    return ShapeTable(params, widths, modules, tuple(collisions))
+    return ShapeTable(params, widths, {n: type(m).__name__ for n, m in models[0].named_modules()})
 
 
 def _check_same_names(layouts: list[dict], widths: tuple[int, ...]) -> None:
@@ -195,18 +199,21 @@ def _collision_notes(name: str, axis: int, value: int, sentinels: tuple[int, ...
 def probe_depth(
     factory: Callable[..., nn.Module],
     table: ShapeTable,
+    base_model: nn.Module,
     *,
     depth_arg: str,
     base_depth: int,
     fixed_kwargs: dict[str, Any],
 ) -> ShapeTable:
-    """Probe three depths at one sentinel width; names that appear only deeper form the repeated stacks.
+    """Probe two more depths at the width of ``base_model`` (built at ``base_depth``); names that appear only
+    deeper form the repeated stacks.
 
     A stack's block count must be linear in the depth (``d`` blocks, ``2*d`` for interleaved pairs,
     ``d+1``...), fitted on two depths and checked on the third.
     """
     depths = (base_depth, base_depth + 1, base_depth + 2)
-    names = [set(parameter_layout(build_on_meta(factory, {**fixed_kwargs, depth_arg: d}))) for d in depths]
+    names = [set(parameter_layout(base_model))] + [
+        set(parameter_layout(build_on_meta(factory, {**fixed_kwargs, depth_arg: d}))) for d in depths[1:]]
     if names[0] == names[1] == names[2]:
         raise ValueError(
             f"no parameter appears or disappears between {depth_arg}={depths[0]} and {depth_arg}={depths[2]}: "

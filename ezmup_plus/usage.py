@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
-from .branches import meta_inputs
 
 SCALE_ATTR = "scaling"  # the attribute Hugging Face attention modules (and ours) pass to the kernel
 
@@ -103,6 +102,30 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     floats = {f"{n}.{k}" if n else k: v for n, m in model.named_modules() for k, v in vars(m).items()
               if isinstance(v, float) and k != SCALE_ATTR}
     return ForwardTrace(params.result(), dict(attention.found), tuple(attention.numbers), floats)
+
+
+def meta_inputs(model: nn.Module, example_inputs: Any = None) -> tuple[Any, ...]:
+    """The user's example inputs (a tuple, or a callable returning one) moved to meta; else a guess."""
+    inputs = example_inputs() if callable(example_inputs) else example_inputs
+    if inputs is None:
+        return default_example_inputs(model)
+    return tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, tuple(inputs)))
+
+
+def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """A batch the first input layer accepts: token ids for an embedding, features for a linear layer, images
+    for a convolution (modules carrying their own parameters, like ViT's class token, are passed over)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv2d))), None)
+    if isinstance(first, nn.Embedding):
+        return (torch.randint(0, first.num_embeddings, (2, 8), device="meta"),)
+    if isinstance(first, nn.Linear):
+        return (torch.randn(2, first.in_features, device="meta"),)
+    if isinstance(first, nn.Conv2d):
+        return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
+    raise ValueError(
+        f"cannot guess an input for a {type(model).__name__}: it has no Embedding, Linear or Conv2d layer. Pass "
+        "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap (or trace=False)"
+    )
 
 
 # --- parameters, at the ATen level --------------------------------------------------------------

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import ezmup_plus as ezp
+from ezmup_plus.models.gpt import GPT
 from ezmup_plus.models.mlp import MLP
 from tiny_models import TinyTransformer
 
@@ -79,14 +80,10 @@ def test_refuses_what_one_probe_cannot_get_right():
 
     with pytest.raises(ValueError, match="buffer mask has shape"):
         ezp.get_mup_optimizer(Buffered(47), width=94, lr=1e-3)
-    with pytest.raises(ValueError, match=r"0.weight dim 0 is 2209, a multiple of 47\^2"):
+    with pytest.raises(ValueError, match=r"0.weight dim 0: 2209 is a multiple of 47\^2"):
         ezp.get_mup_optimizer(nn.Sequential(nn.Linear(47, 47 * 47)), width=94, lr=1e-3)
     with pytest.raises(ValueError, match="build the model at width=47"):
         ezp.get_mup_optimizer(MLP(32), width=94, lr=1e-3)
-    attention = TinyTransformer(47, heads=1)
-    del attention.attn.scaling  # (its float attribute alone is refused above); the 1/sqrt(d) is in the forward
-    with pytest.raises(ValueError, match=r"attn computes attention with a head dim of 47.*ezmup_plus.wrap"):
-        ezp.get_mup_optimizer(attention, width=94, lr=1e-3)
 
 
 def test_width_given_twice_for_a_planned_model():
@@ -94,3 +91,36 @@ def test_width_given_twice_for_a_planned_model():
     ezp.get_mup_optimizer(model, width=64, lr=1e-3)  # same width: fine
     with pytest.raises(ValueError, match="already carries a plan for width 64"):
         ezp.get_mup_optimizer(model, width=128, lr=1e-3)
+
+
+def test_attention_in_place_is_planned_as_wrap_plans_it():
+    """One head of width 47, the scale a `scaling` attribute given to SDPA: read from the one build, the head dim
+    is w, so the logits get 1/d_head at the target as from wrap, and the model computes what wrap's model does."""
+    torch.manual_seed(0)
+    model = GPT(width=47, depth=2, n_head=1)
+    ezp.get_mup_optimizer(model, width=188, lr=1e-3)
+    wrapped = ezp.wrap(GPT, base_width=47, n_head=1, depth=2)(width=188)
+    ours, theirs = ezp.plan_of(model), ezp.plan_of(wrapped)
+    assert ours.attention == theirs.attention and ours.attention["blocks.0.attn"].factor == pytest.approx(0.5)
+    assert {t.name: (t.role, t.shape, t.lr_mult, t.eps_mult) for t in ours} == {
+        t.name: (t.role, t.shape, t.lr_mult, t.eps_mult) for t in theirs}
+    assert model.blocks[1].attn.scaling == wrapped.blocks[1].attn.scaling == pytest.approx(47**0.5 / 188)
+    wrapped.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 65, (2, 16))
+    torch.testing.assert_close(model(idx), wrapped(idx))
+
+
+def test_attention_scale_that_is_not_one_over_sqrt_d_is_refused():
+    model = GPT(width=47, depth=1, n_head=1)
+    model.blocks[0].attn.scaling = 0.5 * 47**-0.5  # some other law: one build cannot tell what it becomes
+    with pytest.raises(ValueError, match=r"blocks.0.attn.scaling = .* is not 1/sqrt\(d_head\)"):
+        ezp.get_mup_optimizer(model, width=94, lr=1e-3)
+
+
+def test_attention_in_the_forward_folds_into_the_query_projection_in_place():
+    torch.manual_seed(0)
+    model = TinyTransformer(47, heads=1)
+    del model.attn.scaling  # the 1/sqrt(d) is computed in the forward from the tensor's size
+    ezp.get_mup_optimizer(model, width=94, lr=1e-3)
+    plan = ezp.plan_of(model)
+    assert plan.attention["attn"].via == "fold" and plan["attn.q.weight"].fold == pytest.approx(0.5**0.5)

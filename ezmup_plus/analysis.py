@@ -1,0 +1,215 @@
+"""What the stages up to roles learn about a model family, as one plain value: the :class:`Analysis`.
+
+Two front doors, one pipeline behind them:
+
+* :func:`analyse_factory` probes a factory at the sentinel primes (and depths) on meta, as ``wrap`` does;
+* :func:`analyse_model` reads one model the user built at the sentinel width (the ezmup style).
+
+Both hand what they built to :func:`learn`, which runs the same stage functions in the same order
+(roles, residual branches, base init, attention routes, zero-init targets). From the analysis on,
+``plan.make_plan`` is pure. The value round-trips through JSON exactly (:meth:`Analysis.to_json`), so
+it can be stored, compared, and reused by another process or a tuning trial without tracing again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import sympy
+from torch import nn
+
+from .attention import AttentionSpec, attention_routes
+from .branches import branches_from_globs, find_branches
+from .inits import base_stds, init_stds, zero_init_targets
+from .roles import Role, classify
+from .shapes import WIDTH
+from .trace import ShapeTable, probe, probe_depth, shape_table
+from .usage import ForwardTrace, Use, trace_forward, width_dependent_numbers
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """The options that shaped an analysis (everything but the factory's own code and example inputs)."""
+
+    base_width: int
+    base_depth: int | None = None
+    sentinels: tuple[int, ...] = (47,)
+    width_multiple: int = 1
+    width_arg: str = "width"
+    depth_arg: str = "depth"
+    roles: dict[str, str] = field(default_factory=dict)  # the user's overrides, by name or glob
+    branches: tuple[str, ...] | None = None  # the user's residual-branch globs (None: found by the trace)
+    zero_init: tuple[str, ...] = ()
+    trace: bool = True
+    fixed_kwargs: dict[str, str] = field(default_factory=dict)  # the factory's other arguments, as repr()
+    source: str = "factory"  # "factory": probed at several primes; "model": one model built at the sentinel
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything learned about a model family; what ``make_plan`` turns into numbers for a target."""
+
+    options: AnalysisOptions
+    table: ShapeTable
+    uses: dict[str, tuple[Use, ...]] | None  # per parameter (2+ dims) from the meta forward; None: not traced
+    roles: dict[str, Role]  # each with where it came from (trace, convention, shape, override)
+    branches: dict[str, str]  # residual-branch module templates -> "fold" or "hook"
+    attention: dict[str, AttentionSpec]  # attention module templates whose head dim grows -> their route
+    zeroed: frozenset[str]  # parameter templates that start at zero (zero_init)
+    width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
+    base_stds: dict[str, float | None]  # the factory's init std per tensor at base (None: a constant)
+    base_draws: int  # how many seeded builds the base stds were pooled over (1: the user's own model)
+
+    def to_json(self) -> str:
+        return json.dumps(_plain(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Analysis:
+        return _typed(cls, json.loads(text))
+
+    def __str__(self) -> str:
+        o, t = self.options, self.table
+        lines = [f"Analysis of a {o.source} at base width {o.base_width}"
+                 + (f", base depth {o.base_depth}" if o.base_depth is not None else "")
+                 + f", probed at widths {list(t.widths)}" + ("" if self.uses is not None else ", forward not traced")]
+        lines += [f"  stack {s.template}: {s.per_depth}*depth{s.offset:+d} blocks" for s in t.stacks]
+        for name, p in t.params.items():
+            r, std = self.roles[name], self.base_stds.get(name)
+            lines.append(f"  {name}  ({', '.join(map(str, p.dims))})  {r.role} from {r.source}, fan-in "
+                         f"{r.fan_in(p.dims)}, base std {'constant' if std is None else f'{std:.4g}'}"
+                         + (f", tied readout {r.tied_readout}" if r.tied_readout else "")
+                         + (", starts at zero" if t.template(name) in self.zeroed else ""))
+        lines += [f"  residual branch {m}: {kind}" for m, kind in self.branches.items()]
+        lines += [f"  attention {m}: head dim {a.head_dim}, route {a.via}" + (f" via {a.query}" if a.query else "")
+                  for m, a in self.attention.items()]
+        lines += [f"  width-dependent number: {n}" for n in self.width_numbers]
+        lines.append(f"  base stds pooled over {self.base_draws} build(s)")
+        return "\n".join(lines)
+
+
+def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
+                    fixed_kwargs: Mapping[str, Any] | None = None, example_inputs: Any = None) -> Analysis:
+    """Probe ``factory`` at the sentinel primes (times ``width_multiple``) and learn everything from those builds."""
+    o, fixed = options, dict(fixed_kwargs or {})
+
+    def kwargs(width: int | None) -> dict[str, Any]:
+        depth = {} if o.base_depth is None else {o.depth_arg: o.base_depth}
+        return {**fixed, **depth, **({} if width is None else {o.width_arg: width})}
+
+    table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels, width_multiple=o.width_multiple,
+                          fixed_kwargs=kwargs(None))
+    if o.base_depth is not None:
+        table = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
+                            fixed_kwargs=kwargs(table.widths[0]))
+    traces = _traces(models, example_inputs, o.trace)
+    numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
+    for note in numbers:
+        warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
+                      "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
+    return learn(table, models[0], traces, o, numbers, lambda roles: base_stds(factory, kwargs(o.base_width), roles),
+                 example_inputs)
+
+
+def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
+    """Read ``model``, built at the sentinel width, as the one probe: a dim that is a multiple of the sentinel is
+    that multiple of ``w``. Its own tensors are the base init (one draw)."""
+    meta = copy.deepcopy(model).to("meta")
+    table = shape_table([meta], options.sentinels[:1])
+    if not any(p.scaled_dims for p in table.params.values()):
+        raise ValueError(f"no parameter of this {type(model).__name__} has a dim that is a multiple of the sentinel "
+                         f"{options.sentinels[0]}: build the model at width={options.sentinels[0]} before passing "
+                         "width=... to get_mup_optimizer")
+    try:
+        traces = _traces([meta], None, options.trace)
+    except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
+        warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
+        traces = []
+    return learn(table, meta, traces, options, (), lambda roles: (init_stds([model]), 1), None)
+
+
+def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrace], options: AnalysisOptions,
+          width_numbers: tuple[str, ...], measure: Callable[[Mapping[str, Role]], tuple[dict, int]],
+          example_inputs: Any) -> Analysis:
+    """The stages after the probes, the same for both front doors: roles, branches, base init, attention, zero-init.
+
+    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
+    ``measure(roles)`` returns the base init stds and how many builds they were pooled over.
+    """
+    uses = traces[0].uses if traces else None
+    roles = classify(table, options.roles, uses)
+    branches = _branches(meta_model, table, options.branches, example_inputs)
+    stds, draws = measure(roles)
+    attention = attention_routes(table, [t.attention for t in traces], stds)
+    zeroed = zero_init_targets(table, roles, options.zero_init, traces[0].attention if traces else None)
+    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, stds, draws)
+
+
+def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:
+    """Parameter uses and attention from a meta forward at each probe width ([] when not traced).
+
+    Uses are the same at every width, so they are followed once; a second width shows which numbers
+    change with the width, and the third is traced only to fit the head dims of attention, if any.
+    """
+    if not enabled:
+        warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
+                      "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=4)
+        return []
+    traces = [trace_forward(models[0], example_inputs)]
+    for model in models[1:] if traces[0].attention else models[1:2]:
+        traces.append(trace_forward(model, example_inputs, follow_params=False))
+    return traces
+
+
+def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, example_inputs: Any) -> dict[str, str]:
+    """Residual-branch output modules of the repeated blocks (templates -> "fold" or "hook")."""
+    if not table.stacks:
+        return {}
+    if globs is not None:
+        return branches_from_globs(model, table, globs)
+    return find_branches(model, table, example_inputs)
+
+
+# --- exact JSON: plain types out, the dataclass field types say how to read them back ------------
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, sympy.Basic):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(hint: Any, data: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if data is None:
+            return None
+        return _typed(next(a for a in args if a is not type(None)), data)
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{k: _typed(hints[k], v) for k, v in data.items()})
+    if hint is sympy.Expr:
+        return sympy.sympify(data, locals={"w": WIDTH})
+    if origin is tuple:
+        items = args[:1] * len(data) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_typed(a, v) for a, v in zip(items, data))
+    if origin in (dict, Mapping):
+        return {k: _typed(args[1], v) for k, v in data.items()}
+    if origin is frozenset:
+        return frozenset(_typed(args[0], v) for v in data)
+    if hint is float and data is not None:
+        return float(data)
+    return data

@@ -1,0 +1,101 @@
+"""Attention whose head dim grows with the width: where muP's 1/d_head logit scale can be put.
+
+Plain functions over what the traces saw (:class:`usage.AttentionSite` at each probe width) and the
+shape table. Out comes one :class:`AttentionSpec` per attention module template, naming the route:
+
+* ``"scaling"``: the kernel was given the module's own float ``scaling`` attribute; multiply it.
+* ``"fold"``: the queries are all of an unfused projection's output; fold the factor into its init
+  and LR (``rules.fold``), which is exact for every optimizer family and needs no hook.
+* ``"query"``: the queries are rows of one module output apart from the keys (a fused QKV, a norm
+  on the queries); a forward hook scales those rows.
+* ``"none"``: none of these fits (a per-head fused QKV, a query that is no linear function of a
+  module output). Under SP or ``attn_scale="1/sqrt(d)"`` that is fine; otherwise the plan refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import sympy
+
+from .roles import IN_OUT_TYPES
+from .shapes import WIDTH, fit_dim, scales
+from .trace import ShapeTable
+from .usage import SCALE_ATTR, AttentionSite
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """One attention module whose head dim grows with the width (sizes in ``w``), and its route."""
+
+    head_dim: sympy.Expr
+    via: str  # "scaling", "fold", "query" or "none" (see the module docstring)
+    query: str | None  # the module whose output rows [start, stop) are the queries
+    start: sympy.Expr = sympy.Integer(0)
+    stop: sympy.Expr = sympy.Integer(0)
+
+
+def attention_routes(table: ShapeTable, sites: Sequence[Mapping[str, AttentionSite]],
+                     base_stds: Mapping[str, float | None]) -> dict[str, AttentionSpec]:
+    """A route per attention module template whose head dim grows; ``sites[i]`` was traced at ``table.widths[i]``."""
+    widths = table.widths[:len(sites)]
+    found = {}
+    for name, site in sites[0].items() if sites else ():
+        seen = [s[name] for s in sites]
+        head_dim = fit_dim(widths, [s.head_dim for s in seen])
+        if not scales(head_dim):
+            continue
+        rows = None if any(s.query_rows is None for s in seen) else tuple(
+            fit_dim(widths, list(r)) for r in zip(*(s.query_rows for s in seen)))
+        query = None if site.query_source is None else table.template(site.query_source)
+        if site.scaled_by_attribute:
+            via = "scaling"
+        elif rows is None:
+            via = "none"
+        else:
+            via = "fold" if foldable(table, site.query_source, site.query_rows, base_stds) else "query"
+        found[table.template(name)] = AttentionSpec(head_dim, via, query, *(rows or ()))
+    return found
+
+
+def unroutable_error(module: str, head_dim: sympy.Expr) -> ValueError:
+    return ValueError(
+        f"{module or 'the root module'} computes attention with a head dim that grows with the width "
+        f"(d_head = {head_dim}), so muP scales its logits by 1/d, but there is no way to do it here: its "
+        f"kernel is not given a float '{SCALE_ATTR}' attribute of the module, and its queries are not rows "
+        "of one module output apart from the keys (they are not for a per-head fused QKV, a norm applied "
+        "outside a module, or nn.MultiheadAttention's internal projection). Give the module a float "
+        f"'{SCALE_ATTR}' attribute passed to the kernel as its scale, keep the head dim fixed (heads grow "
+        "with the width), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
+
+
+def foldable(table: ShapeTable, module: str, rows: tuple[int, int], base_stds: Mapping[str, float | None]) -> bool:
+    """A multiplier folds exactly into a module making only the queries from a randomly drawn matrix
+    (plus a bias): init x factor is then the same function, LR and eps follow (``rules.fold``)."""
+    own = {n.rpartition(".")[2] for n in table.params if n.rpartition(".")[0] == module}
+    return (own <= {"weight", "bias"} and makes_only(table, module, rows)
+            and base_stds.get(f"{module}.weight") is not None)
+
+
+def makes_only(table: ShapeTable, module: str | None, rows: tuple[int, int] | None) -> bool:
+    """The rows (seen at the first probe) are all of ``module``'s output: a weight matrix makes the queries
+    and nothing else."""
+    weight = table.params.get(f"{module}.weight")
+    if weight is None or len(weight.dims) < 2 or rows is None:
+        return False
+    out_dim = weight.dims[1 if weight.module_type in IN_OUT_TYPES else 0]
+    return rows == (0, int(out_dim.subs(WIDTH, table.widths[0])))
+
+
+def query_params(table: ShapeTable, sites: Mapping[str, AttentionSite]) -> set[str]:
+    """The weight (and bias) of every unfused query projection, for ``zero_init=["query"]``."""
+    names: set[str] = set()
+    for attention, site in sites.items():
+        if not makes_only(table, site.query_source, site.query_rows):
+            raise ValueError(
+                f"zero_init=['query']: the queries of {attention} come from {site.query_source}, which is not a "
+                "projection making only them (a fused QKV projection?); only an unfused query projection can start "
+                "at zero")
+        names |= {n for n in (f"{site.query_source}.weight", f"{site.query_source}.bias") if n in table.params}
+    return names
