@@ -89,17 +89,17 @@ def cmd_train(args) -> None:
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg)
     log = []
-    bar = tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train")
-    for step, (x, y) in bar:
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(model(x), y)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
-        if step % cfg.train.log_every == 0:
-            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
+    with tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train") as bar:
+        for step, (x, y) in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model(x), y)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
+            if step % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
     with torch.no_grad():
         val = float(task.loss(model(task.val[0]), task.val[1]))
     with atomic_write(out / "loss.csv", newline="") as fh:

@@ -73,15 +73,16 @@ def lr_sweep(
         done = {r.key: r for r in kept}
     grid = list(itertools.product(parametrizations, widths, depths, lrs, seeds))
     runs = []
-    for p, w, d, lr, seed in tqdm(grid, desc="lr sweep", disable=not progress, leave=False):
-        key = (p, w, d, lr, seed)
-        if key not in done:
-            result = train_fn(p, w, d, lr, seed)
-            done[key] = Run(p, w, d, lr, seed, result.min_train_loss, result.val_loss, result.diverged)
-            if jsonl_path:
-                with open(jsonl_path, "a") as fh:
-                    fh.write(_line(done[key]))
-        runs.append(done[key])
+    with tqdm(grid, desc="lr sweep", disable=not progress, leave=False) as bar:  # closed even on Ctrl-C
+        for p, w, d, lr, seed in bar:
+            key = (p, w, d, lr, seed)
+            if key not in done:
+                result = train_fn(p, w, d, lr, seed)
+                done[key] = Run(p, w, d, lr, seed, result.min_train_loss, result.val_loss, result.diverged)
+                if jsonl_path:
+                    with open(jsonl_path, "a") as fh:
+                        fh.write(_line(done[key]))
+            runs.append(done[key])
     return runs
 
 
