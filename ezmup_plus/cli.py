@@ -6,15 +6,19 @@ import argparse
 import csv
 import dataclasses
 import json
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
-from .data import lm_batches, lm_loss, load_california_housing, load_shakespeare_chars
+from .data import DataUnavailable, lm_batches, lm_loss, load_california_housing, load_shakespeare_chars
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
 
 
@@ -56,6 +60,20 @@ def _synthetic(n_in: int, n_out: int, n: int = 2048) -> tuple[torch.Tensor, ...]
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
+def _out_dir(path: Path) -> Path:
+    """Create the output directory and prove it writable now, not after the work whose results go there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (no output can be written there)", exc.filename) from exc
+    return path
+
+
+def _train_out(args) -> Path:
+    return args.out or Path("runs") / Path(args.config).stem
+
+
 def cmd_inspect(args) -> None:
     cfg = load_config(args.config, args.set)
     factory = build_factory(cfg)
@@ -64,32 +82,32 @@ def cmd_inspect(args) -> None:
 
 def cmd_train(args) -> None:
     cfg = load_config(args.config, args.set)
-    out = args.out or Path("runs") / Path(args.config).stem
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(_train_out(args))
+    task = task_from(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=cfg.train.device)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg)
-    task = task_from(cfg)
     log = []
-    bar = tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train")
-    for step, (x, y) in bar:
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(model(x), y)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
-        if step % cfg.train.log_every == 0:
-            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
+    with tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train") as bar:
+        for step, (x, y) in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model(x), y)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
+            if step % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
     with torch.no_grad():
         val = float(task.loss(model(task.val[0]), task.val[1]))
-    with open(out / "loss.csv", "w", newline="") as fh:
+    with atomic_write(out / "loss.csv", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr"])
         writer.writeheader()
         writer.writerows(log)
-    (out / "loss.json").write_text(json.dumps({"train": log, "val_loss": val}))
+    with atomic_write(out / "loss.json") as fh:
+        json.dump({"train": log, "val_loss": val}, fh)
     from .checkpoint import save_checkpoint
 
     save_checkpoint(out / "checkpoint.pt", model, opt)
@@ -97,6 +115,7 @@ def cmd_train(args) -> None:
 
 
 def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
+    jsonl = _out_dir(args.out) / "sweep.jsonl" if args.out else None
     task = task_from(cfg)
     factories = {p: build_factory(dataclasses.replace(cfg, mup=dataclasses.replace(cfg.mup, parametrization=p)))
                  for p in parametrizations}
@@ -107,9 +126,6 @@ def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
         opt = build_optimizer(model, dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=lr)))
         return train(model, opt, task.batches(seed), task.loss, cfg.train.steps, task.val)
 
-    jsonl = args.out / "sweep.jsonl" if args.out else None
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
     return lr_sweep(run, widths=widths, lrs=lrs, seeds=args.seeds, parametrizations=parametrizations,
                     depths=[cfg.model.depth], jsonl_path=jsonl)
 
@@ -135,6 +151,8 @@ def cmd_transfer(args) -> None:
 
 def cmd_coord_check(args) -> None:
     cfg = load_config(args.config, args.set)
+    if args.out:
+        _out_dir(args.out)
     task = task_from(cfg)
     check = coord_check(build_factory(cfg), args.widths, next(task.batches(0)), loss_fn=task.loss,
                         steps=args.steps, optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr)
@@ -151,9 +169,11 @@ def cmd_export(args) -> None:
     from .export import export_standard
 
     cfg = load_config(args.config, args.set)
+    _out_dir(args.out.parent)
     model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth)
     load_checkpoint(args.checkpoint, model)
-    torch.save(export_standard(model), args.out)
+    with atomic_write(args.out, "wb") as fh:
+        torch.save(export_standard(model), fh)
     print(f"wrote {args.out}: load it with {cfg.model.factory}(...).load_state_dict(torch.load(path))")
 
 
@@ -163,12 +183,47 @@ def cmd_demo(args) -> None:
     demo(args.rest)
 
 
+def _kept(args) -> str:
+    """What an interrupted command leaves: the last complete file it wrote (every write is atomic), if any."""
+    if args.command == "train":
+        says, path = "the last complete checkpoint is kept at", _train_out(args) / "checkpoint.pt"
+    elif args.command in ("sweep", "transfer") and args.out:
+        says, path = "the log line of every finished run is kept in", args.out / "sweep.jsonl"
+    elif args.command == "export":
+        says, path = "the previous export is kept at", args.out
+    else:
+        return "nothing was written"
+    return f"{says} {path}" if path.exists() else "nothing was written"
+
+
+def _user_error(exc: BaseException, args) -> str | None:
+    """The one line a user's mistake or Ctrl-C becomes at the command line; None for anything else (a bug
+    keeps its traceback)."""
+    if isinstance(exc, KeyboardInterrupt):
+        text = f"interrupted; {_kept(args)}"
+    elif isinstance(exc, ConfigError):
+        text = f"config error: {exc}"
+    elif isinstance(exc, OSError) and exc.filename is not None:  # a missing, unreadable or unwritable path
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        text = f"{where}: {exc.strerror}"
+    elif isinstance(exc, (ValueError, OSError, DataUnavailable, yaml.YAMLError)):  # the library's own checks
+        text = str(exc)
+    elif isinstance(exc, (LookupError, TypeError)):
+        text = f"{type(exc).__name__}: {exc} (--debug shows where)"
+    else:
+        return None
+    return "ezmup-plus: " + re.sub(r"\s*\n\s*", " ", text.strip())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ezmup-plus", description="muP for any PyTorch model factory")
+    debug_help = "show the full traceback instead of a one-line error"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name, fn, help_text, config=True):
         p = commands.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)  # after it too
         if config:
             p.add_argument("config", help="YAML config (see configs/)")
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -199,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except ConfigError as exc:
-        parser.exit(2, f"ezmup-plus: config error: {exc}\n")
-    except ValueError as exc:  # the library's own checks (a plan mismatch, an export that is not exact, ...)
-        parser.exit(2, f"ezmup-plus: {exc}\n")
+    except (Exception, KeyboardInterrupt) as exc:
+        message = None if args.debug else _user_error(exc, args)
+        if message is None:
+            raise
+        parser.exit(2, message + "\n")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,13 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(f"{path}: {exc.problem} — only plain YAML is allowed (no !!python tags); "
-                          "write the factory as a 'package.module:callable' string") from None
+        raise ConfigError(f"{path}{_at(exc.problem_mark)}: {exc.problem} — only plain YAML is allowed (no !!python "
+                          "tags); write the factory as a 'package.module:callable' string") from None
+    except yaml.MarkedYAMLError as exc:
+        context = f", {exc.context}{_at(exc.context_mark, 'started at ')}" if exc.context else ""
+        raise ConfigError(f"{path}{_at(exc.problem_mark)}: not valid YAML ({exc.problem}{context})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); give a YAML config") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     if not isinstance(data, dict):
@@ -129,6 +134,11 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict:
     if parent is None:
         return data
     return _merge(_read(path.parent / parent, (*seen, path)), data)
+
+
+def _at(mark: yaml.Mark | None, prefix: str = "") -> str:
+    """Where in the file a YAML error is, counted from 1 as editors do."""
+    return f", {prefix}line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _merge(base: dict, update: Mapping) -> dict:
@@ -148,7 +158,10 @@ def _apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")
-    node[last] = yaml.safe_load(text)
+    try:
+        node[last] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
 def _typed(cls: type, data: Any, where: str) -> Any:

@@ -62,6 +62,22 @@ def test_errors_name_the_key(tmp_path, text, message):
         load_config(write(tmp_path, "bad.yaml", text))
 
 
+def test_bad_yaml_names_the_file_line_and_column(tmp_path):
+    tab = write(tmp_path, "tab.yaml", "model:\n\tfactory: 'a:b'\n")
+    with pytest.raises(ConfigError, match=r"tab.yaml, line 2, column 1: not valid YAML \(found character '\\t'"):
+        load_config(tab)
+    write(tmp_path, "open.yaml", "model: {factory: 'a:b', width: [8\n")
+    child = write(tmp_path, "child.yaml", "extends: open.yaml\n")  # the file at fault is named, not the child
+    with pytest.raises(ConfigError, match=r"open.yaml, line 2, column 1: not valid YAML \(expected ',' or ']'.*"
+                                          r"flow sequence, started at line 1, column 32\)"):
+        load_config(child)
+    (tmp_path / "binary.yaml").write_bytes(b"\x80\x81")
+    with pytest.raises(ConfigError, match="binary.yaml: not a text file"):
+        load_config(tmp_path / "binary.yaml")
+    with pytest.raises(ConfigError, match=r"override 'model.width=\[8': the value is not valid YAML"):
+        load_config(write(tmp_path, "base.yaml", BASE), ["model.width=[8"])
+
+
 def test_extends_cycle_and_bad_overrides(tmp_path):
     write(tmp_path, "a.yaml", "extends: b.yaml\n")
     write(tmp_path, "b.yaml", "extends: a.yaml\n")

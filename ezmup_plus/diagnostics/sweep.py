@@ -1,8 +1,9 @@
 """Learning-rate sweeps across widths (and depths): the evidence that hyperparameters transfer.
 
 A sweep is a grid of runs; each finished run is one JSON line, so an interrupted sweep resumes
-where it stopped. The analysis (best LR per width, drift, divergences, regret) works on the rows
-alone, so it is the same for a fresh sweep and for a file read back.
+where it stopped (a line cut short by a kill mid-write is dropped, and that run done again). The
+analysis (best LR per width, drift, divergences, regret) works on the rows alone, so it is the same
+for a fresh sweep and for a file read back.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import itertools
 import json
 import math
 import statistics
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from .figures import pyplot, save
 from .train import RunResult
 
@@ -62,23 +65,48 @@ def lr_sweep(
     progress: bool = True,
 ) -> list[Run]:
     """Run ``train_fn(parametrization, width, depth, lr, seed)`` over the grid; skip runs already in the file."""
-    done = {r.key: r for r in read_runs(jsonl_path)} if jsonl_path and Path(jsonl_path).exists() else {}
+    done = {}
+    if jsonl_path and Path(jsonl_path).exists():
+        kept = read_runs(jsonl_path)
+        with atomic_write(jsonl_path) as fh:  # the good lines only, so the next record starts on a fresh line
+            fh.writelines(map(_line, kept))
+        done = {r.key: r for r in kept}
     grid = list(itertools.product(parametrizations, widths, depths, lrs, seeds))
     runs = []
-    for p, w, d, lr, seed in tqdm(grid, desc="lr sweep", disable=not progress, leave=False):
-        key = (p, w, d, lr, seed)
-        if key not in done:
-            result = train_fn(p, w, d, lr, seed)
-            done[key] = Run(p, w, d, lr, seed, result.min_train_loss, result.val_loss, result.diverged)
-            if jsonl_path:
-                with open(jsonl_path, "a") as fh:
-                    fh.write(json.dumps(asdict(done[key])) + "\n")
-        runs.append(done[key])
+    with tqdm(grid, desc="lr sweep", disable=not progress, leave=False) as bar:  # closed even on Ctrl-C
+        for p, w, d, lr, seed in bar:
+            key = (p, w, d, lr, seed)
+            if key not in done:
+                result = train_fn(p, w, d, lr, seed)
+                done[key] = Run(p, w, d, lr, seed, result.min_train_loss, result.val_loss, result.diverged)
+                if jsonl_path:
+                    with open(jsonl_path, "a") as fh:
+                        fh.write(_line(done[key]))
+            runs.append(done[key])
     return runs
 
 
+def _line(run: Run) -> str:
+    return json.dumps(asdict(run)) + "\n"
+
+
 def read_runs(path: str | Path) -> list[Run]:
-    return [Run(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The runs of a sweep log. An unfinished last line (a kill mid-write) is dropped with a warning; a bad
+    line anywhere else is damage, a ``ValueError`` naming it."""
+    lines = Path(path).read_text().split("\n")  # the last item is "" unless the last write was cut short
+    runs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            runs.append(Run(**json.loads(line)))
+        except (ValueError, TypeError) as exc:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a sweep record ({exc}); fix or delete that line "
+                                 "to resume") from exc
+            warnings.warn(f"{path}: its last line is an unfinished record (a run stopped while writing it); it is "
+                          "left out and that run is done again", stacklevel=2)
+    return runs
 
 
 @dataclass(frozen=True)
