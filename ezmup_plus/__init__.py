@@ -7,7 +7,7 @@ from .build import MupFactory, plan_of, rescale_init, wrap
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_config, load_config
 from .export import export_standard
-from .diagnostics import coord_check, lr_sweep
+from .diagnostics import check_init, coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
 from .plan import MupPlan, TensorPlan
 from .rules import PARAMETRIZATIONS, ROLES
@@ -19,6 +19,7 @@ __all__ = [
     "PARAMETRIZATIONS",
     "ROLES",
     "TensorPlan",
+    "check_init",
     "coord_check",
     "export_standard",
     "from_config",

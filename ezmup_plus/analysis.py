@@ -27,7 +27,7 @@ from torch import nn
 
 from .attention import AttentionSpec, attention_routes
 from .branches import branches_from_globs, find_branches
-from .inits import base_stds, init_stds, zero_init_targets
+from .inits import RANDOM, InitLaw, checked_laws, draws, init_laws, model_laws, recording, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
 from .trace import ShapeTable, probe, probe_depth, shape_table
@@ -64,8 +64,8 @@ class Analysis:
     attention: dict[str, AttentionSpec]  # attention module templates whose head dim grows -> their route
     zeroed: frozenset[str]  # parameter templates that start at zero (zero_init)
     width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
-    base_stds: dict[str, float | None]  # the factory's init std per tensor at base (None: a constant)
-    base_draws: int  # how many seeded builds the base stds were pooled over (1: the user's own model)
+    inits: dict[str, InitLaw]  # parameter templates -> the factory's init law in width and depth
+    init_builds: int  # seeded CPU builds at base that checked (or measured) the laws; 0: the user's own model
 
     def to_json(self) -> str:
         return json.dumps(_plain(self), indent=1)
@@ -81,16 +81,16 @@ class Analysis:
                  + f", probed at widths {list(t.widths)}" + ("" if self.uses is not None else ", forward not traced")]
         lines += [f"  stack {s.template}: {s.per_depth}*depth{s.offset:+d} blocks" for s in t.stacks]
         for name, p in t.params.items():
-            r, std = self.roles[name], self.base_stds.get(name)
+            r, law = self.roles[name], self.inits[t.template(name)]
             lines.append(f"  {name}  ({', '.join(map(str, p.dims))})  {r.role} from {r.source}, fan-in "
-                         f"{r.fan_in(p.dims)}, base std {'constant' if std is None else f'{std:.4g}'}"
+                         f"{r.fan_in(p.dims)}, init {law.kind}: {law.how}"
                          + (f", tied readout {r.tied_readout}" if r.tied_readout else "")
                          + (", starts at zero" if t.template(name) in self.zeroed else ""))
         lines += [f"  residual branch {m}: {kind}" for m, kind in self.branches.items()]
         lines += [f"  attention {m}: head dim {a.head_dim}, route {a.via}" + (f" via {a.query}" if a.query else "")
                   for m, a in self.attention.items()]
         lines += [f"  width-dependent number: {n}" for n in self.width_numbers]
-        lines.append(f"  base stds pooled over {self.base_draws} build(s)")
+        lines.append(f"  init laws checked on {self.init_builds} seeded build(s) at base")
         return "\n".join(lines)
 
 
@@ -103,18 +103,23 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
         depth = {} if o.base_depth is None else {o.depth_arg: o.base_depth}
         return {**fixed, **depth, **({} if width is None else {o.width_arg: width})}
 
-    table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels, width_multiple=o.width_multiple,
-                          fixed_kwargs=kwargs(None))
-    if o.base_depth is not None:
-        table = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
-                            fixed_kwargs=kwargs(table.widths[0]))
+    with recording() as recorder:
+        table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels,
+                              width_multiple=o.width_multiple, fixed_kwargs=kwargs(None))
+        deeper = []
+        if o.base_depth is not None:
+            table, deeper = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
+                                        fixed_kwargs=kwargs(table.widths[0]))
+    seen = [draws(m, recorder) for m in (*models, *deeper)]
+    depths = () if o.base_depth is None else tuple(range(o.base_depth, o.base_depth + 3))
+    laws = init_laws(table, seen[:len(models)], depths, [seen[0], *seen[len(models):]] if deeper else ())
     traces = _traces(models, example_inputs, o.trace)
     numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
     for note in numbers:
         warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
                       "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
-    return learn(table, models[0], traces, o, numbers, lambda roles: base_stds(factory, kwargs(o.base_width), roles),
-                 example_inputs)
+    laws, builds = checked_laws(factory, kwargs(o.base_width), laws, table, (o.base_width, o.base_depth))
+    return learn(table, models[0], traces, o, numbers, laws, builds, example_inputs)
 
 
 def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
@@ -131,24 +136,24 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
-    return learn(table, meta, traces, options, (), lambda roles: (init_stds([model]), 1), None)
+    return learn(table, meta, traces, options, (), model_laws(table, model), 0, None)
 
 
 def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrace], options: AnalysisOptions,
-          width_numbers: tuple[str, ...], measure: Callable[[Mapping[str, Role]], tuple[dict, int]],
+          width_numbers: tuple[str, ...], inits: dict[str, InitLaw], init_builds: int,
           example_inputs: Any) -> Analysis:
-    """The stages after the probes, the same for both front doors: roles, branches, base init, attention, zero-init.
+    """The stages after the probes, the same for both front doors: roles, branches, attention, zero-init.
 
     ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
-    ``measure(roles)`` returns the base init stds and how many builds they were pooled over.
+    ``inits`` are the init laws by parameter template, checked on ``init_builds`` seeded builds.
     """
     uses = traces[0].uses if traces else None
     roles = classify(table, options.roles, uses)
     branches = _branches(meta_model, table, options.branches, example_inputs)
-    stds, draws = measure(roles)
-    attention = attention_routes(table, [t.attention for t in traces], stds)
+    drawn = {t for t, law in inits.items() if law.kind in (*RANDOM, "unread")}
+    attention = attention_routes(table, [t.attention for t in traces], drawn)
     zeroed = zero_init_targets(table, roles, options.zero_init, traces[0].attention if traces else None)
-    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, stds, draws)
+    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, inits, init_builds)
 
 
 def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:

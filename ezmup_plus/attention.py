@@ -37,8 +37,9 @@ class AttentionSpec:
 
 
 def attention_routes(table: ShapeTable, sites: Sequence[Mapping[str, AttentionSite]],
-                     base_stds: Mapping[str, float | None]) -> dict[str, AttentionSpec]:
-    """A route per attention module template whose head dim grows; ``sites[i]`` was traced at ``table.widths[i]``."""
+                     drawn: set[str]) -> dict[str, AttentionSpec]:
+    """A route per attention module template whose head dim grows; ``sites[i]`` was traced at ``table.widths[i]``,
+    ``drawn`` names the parameter templates the factory draws at random (a fold rescales their init)."""
     widths = table.widths[:len(sites)]
     found = {}
     for name, site in sites[0].items() if sites else ():
@@ -54,7 +55,7 @@ def attention_routes(table: ShapeTable, sites: Sequence[Mapping[str, AttentionSi
         elif rows is None:
             via = "none"
         else:
-            via = "fold" if foldable(table, site.query_source, site.query_rows, base_stds) else "query"
+            via = "fold" if foldable(table, site.query_source, site.query_rows, drawn) else "query"
         found[table.template(name)] = AttentionSpec(head_dim, via, query, *(rows or ()))
     return found
 
@@ -70,12 +71,12 @@ def unroutable_error(module: str, head_dim: sympy.Expr) -> ValueError:
         "with the width), or pass attn_scale='1/sqrt(d)' to wrap to keep 1/sqrt(d)")
 
 
-def foldable(table: ShapeTable, module: str, rows: tuple[int, int], base_stds: Mapping[str, float | None]) -> bool:
+def foldable(table: ShapeTable, module: str, rows: tuple[int, int], drawn: set[str]) -> bool:
     """A multiplier folds exactly into a module making only the queries from a randomly drawn matrix
     (plus a bias): init x factor is then the same function, LR and eps follow (``rules.fold``)."""
     own = {n.rpartition(".")[2] for n in table.params if n.rpartition(".")[0] == module}
     return (own <= {"weight", "bias"} and makes_only(table, module, rows)
-            and base_stds.get(f"{module}.weight") is not None)
+            and table.template(f"{module}.weight") in drawn)
 
 
 def makes_only(table: ShapeTable, module: str | None, rows: tuple[int, int] | None) -> bool:

@@ -77,22 +77,19 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
 def rescale_init(model: nn.Module, plan: MupPlan | None = None) -> nn.Module:
     """Bring freshly initialised parameters (the factory's own init at the target) to the plan's stds.
 
-    Statistics are taken in fp32 whatever the parameter dtype.
+    The factor is deterministic: the planned std over the factory's own expected std at the target (its
+    init law), or the rule's factor where that law was not read; so at the base width nothing changes.
     """
     plan = plan_of(model) if plan is None else plan
     params = dict(model.named_parameters())
     with torch.no_grad():
         for t in plan:
-            p = params[t.name]
-            if t.init_std == 0.0:
-                p.zero_()
-                continue
-            if t.init_std is None or t.init_factor == 1.0:
-                continue
-            current = float(p.detach().float().std())
-            if current == 0.0:
-                raise ValueError(f"{t.name}: the factory built it constant at width {plan.width} but not at base")
-            p.mul_(t.init_std / current)
+            if t.init == "zero":
+                params[t.name].zero_()
+            elif t.init != "keep":
+                factor = t.init_std / t.drawn_std if t.init == "law" else t.init_factor
+                if factor != 1.0:
+                    params[t.name].mul_(factor)
     return model
 
 

@@ -17,6 +17,7 @@ import yaml
 from . import rules
 from .analysis import Analysis
 from .attention import AttentionSpec, unroutable_error
+from .inits import RANDOM
 from .shapes import WIDTH, evaluate
 from .trace import ShapeTable
 
@@ -31,7 +32,7 @@ class TensorPlan:
     role: str
     fan_in: sympy.Expr
     fan_out: sympy.Expr
-    init_std: float | None  # target std; None: keep the factory's values (constants such as zeros)
+    init_std: float | None  # target std; None: keep the factory's values (constants, identity)
     init_factor: float  # target std / base std
     lr_mult: float
     wd_mult: float
@@ -40,6 +41,9 @@ class TensorPlan:
     scale: rules.TensorScale = field(default=rules.TensorScale("finite"), repr=False)
     fold: float = 1.0  # forward multiplier folded into init and LR
     source: str = "convention"
+    drawn_std: float | None = None  # the factory's own expected std at this target (its init law)
+    init: str = "law"  # how init_std is reached: "law" (init_std / drawn_std), "relative" (x init_factor on
+    # whatever the factory draws: its law was not read), "keep" (constant or structured) or "zero"
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class MupPlan:
                 f"(base {self.base_width})")
         if self.depth is not None:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
-        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "lr", "wd", "eps", "mult")
+        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult")
         rows = [columns]
         for t in self:
             rows.append((
@@ -101,7 +105,8 @@ class MupPlan:
                 str(t.fan_in),
                 t.role,
                 t.source,
-                "keep" if t.init_std is None else f"{t.init_std:.4g}",
+                _init_cell(t),
+                t.init,
                 f"{t.lr_mult:.4g}",
                 f"{t.wd_mult:.4g}",
                 f"{t.eps_mult:.4g}",
@@ -188,7 +193,7 @@ def make_plan(
     alpha = rules.depth_alpha(parametrization, depth_alpha) if table.stacks else None
     m_depth = 1.0 if depth is None else depth / table.depth
     branch_multiplier = 1.0 if alpha is None else m_depth**-alpha
-    stds = _pooled_by_template(table, analysis.base_stds)
+    base = (base_width, table.depth)
     query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
                    for template, spec in attention.items() if spec.via == "fold"}
     tensors: dict[str, TensorPlan] = {}
@@ -217,7 +222,12 @@ def make_plan(
             # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
-        init_std, init_factor = (0.0, 0.0) if template in analysis.zeroed else _target_std(stds.get(template), s)
+        law = analysis.inits[template]
+        # muP's init is relative to the factory's at base; SP is the factory's own draw at the target
+        reference = (law.std(*base) if parametrization != "sp" else law.std(width, depth)) if law.kind in RANDOM \
+            else law.base_std
+        init_std, init_factor, how = ((0.0, 0.0, "zero") if template in analysis.zeroed else
+                                      _target_std(reference, s, law.kind))
         tensors[name] = TensorPlan(
             name=name,
             shape_expr=p.dims,
@@ -234,6 +244,8 @@ def make_plan(
             scale=scale,
             fold=fold,
             source=role.source,
+            drawn_std=law.std(width, depth),
+            init=how,
         )
     for template, kind in analysis.branches.items():  # per module: a hooked branch may own no parameter itself
         if kind == "hook":
@@ -289,26 +301,22 @@ def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:
     return out
 
 
-def _pooled_by_template(table: ShapeTable, base_stds: Mapping[str, float | None]) -> dict[str, float | None]:
-    """Init std per name template: blocks share one, pooled over the base model's blocks.
-
-    So a factory's own depth-dependent init (GPT-2's 1/sqrt(2L) on branch outputs) counts at its
-    base-depth value and is not applied twice.
-    """
-    variances: dict[str, list[float]] = {}
-    for name, std in base_stds.items():
-        if std is not None:
-            variances.setdefault(table.template(name), []).append(std**2)
-    return {t: math.sqrt(sum(v) / len(v)) for t, v in variances.items()}
-
-
-def _target_std(base_std: float | None, s: rules.Scaling) -> tuple[float | None, float]:
-    """Init is relative to the factory's own base init; constants (zeros, ones) are kept as built."""
+def _target_std(base_std: float | None, s: rules.Scaling, kind: str) -> tuple[float | None, float, str]:
+    """(target std, target / base, how it is reached): init is relative to the factory's own base init, so
+    constants (zeros, ones) and structured inits (identity) are kept as built."""
     if base_std is None:
-        return None, 1.0
+        return None, 1.0, "keep"
+    how = "law" if kind in RANDOM else "relative"
     if s.init_std is not None:
-        return s.init_std, s.init_std / base_std
-    return base_std * s.init, s.init
+        return s.init_std, s.init_std / base_std, how
+    return base_std * s.init, s.init, how
+
+
+def _init_cell(t: TensorPlan) -> str:
+    """The init_std column: a std only where the plan can promise it, else the factor or what is kept."""
+    if t.init in ("keep", "zero"):
+        return "keep" if t.init == "keep" else "0"
+    return f"{t.init_std:.4g}" if t.init == "law" else f"x{t.init_factor:.4g}"
 
 
 def _size(expr: sympy.Expr, width: int, name: str) -> int:

@@ -204,16 +204,16 @@ def probe_depth(
     depth_arg: str,
     base_depth: int,
     fixed_kwargs: dict[str, Any],
-) -> ShapeTable:
+) -> tuple[ShapeTable, list[nn.Module]]:
     """Probe two more depths at the width of ``base_model`` (built at ``base_depth``); names that appear only
-    deeper form the repeated stacks.
+    deeper form the repeated stacks. The deeper meta models come back too.
 
     A stack's block count must be linear in the depth (``d`` blocks, ``2*d`` for interleaved pairs,
     ``d+1``...), fitted on two depths and checked on the third.
     """
     depths = (base_depth, base_depth + 1, base_depth + 2)
-    names = [set(parameter_layout(base_model))] + [
-        set(parameter_layout(build_on_meta(factory, {**fixed_kwargs, depth_arg: d}))) for d in depths[1:]]
+    deeper = [build_on_meta(factory, {**fixed_kwargs, depth_arg: d}) for d in depths[1:]]
+    names = [set(parameter_layout(m)) for m in (base_model, *deeper)]
     if names[0] == names[1] == names[2]:
         raise ValueError(
             f"no parameter appears or disappears between {depth_arg}={depths[0]} and {depth_arg}={depths[2]}: "
@@ -229,7 +229,7 @@ def probe_depth(
             raise ValueError(f"the stack {template} holds {counts} blocks at {depth_arg}={depths}: "
                              "its number of blocks must grow linearly with the depth")
         stacks.append(Stack(template, per_depth, counts[0] - per_depth * base_depth))
-    return replace(table, stacks=tuple(stacks), depth=base_depth)
+    return replace(table, stacks=tuple(stacks), depth=base_depth), deeper
 
 
 def _stack_template(name: str) -> str:

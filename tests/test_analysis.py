@@ -35,7 +35,7 @@ def test_the_model_door_round_trips_too():
     ezp.get_mup_optimizer(model, width=94, lr=1e-3)
     found = analysis_module.analyse_model(GPT(width=47, depth=1, n_head=1),
                                           analysis_module.AnalysisOptions(base_width=47, source="model"))
-    assert Analysis.from_json(found.to_json()) == found and found.base_draws == 1
+    assert Analysis.from_json(found.to_json()) == found and found.init_builds == 0
     assert set(found.attention) == {"blocks.0.attn"} and found.attention["blocks.0.attn"].via == "scaling"
 
 

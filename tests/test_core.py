@@ -78,7 +78,7 @@ def test_per_tensor_std_and_lr_against_hand_computed_numbers(mlp, m):
         "hidden.0.weight": (1 / math.sqrt(3 * 8), 1.0),
         "hidden.1.weight": (base_std / math.sqrt(m), 1 / m),
         "readout.weight": (base_std / m, 1 / m),
-        "hidden.1.bias": (1 / math.sqrt(3 * width), 1.0),  # a vector: the factory's own init is kept
+        "hidden.1.bias": (base_std, 1.0),  # a vector: x1 relative to base, though PyTorch draws 1/sqrt(3 * width)
     }
     plan = ezp.plan_of(model)
     for name, (std, lr) in hand.items():

@@ -120,5 +120,5 @@ def test_materialized_from_meta_then_rescaled_matches_a_direct_build():
     rescaled = [t for t in plan if t.init_std is not None and t.init_factor != 1.0]
     assert {t.role for t in rescaled} == {"hidden", "output"}
     params = dict(big.named_parameters())
-    for t in rescaled:
-        assert float(params[t.name].detach().std()) == pytest.approx(t.init_std, rel=1e-4), t.name
+    for t in rescaled:  # the factory's law at the target, not this draw's std: equal within sampling error
+        assert float(params[t.name].detach().std()) == pytest.approx(t.init_std, rel=0.02), t.name

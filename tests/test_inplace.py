@@ -49,7 +49,8 @@ def test_init_is_relative_to_the_sentinel_build():
     hidden_std = float(model.hidden[1].weight.detach().std())
     bias_std = float(model.hidden[1].bias.detach().std())
     ezp.get_mup_optimizer(model, width=47 * 16, lr=1e-3)
-    assert float(model.hidden[1].weight.detach().std()) == pytest.approx(hidden_std / 4, rel=1e-4)
+    # re-drawn at the sentinel's std, then scaled by the rule (not by this draw's std): sampling error only
+    assert float(model.hidden[1].weight.detach().std()) == pytest.approx(hidden_std / 4, rel=0.01)
     assert float(model.hidden[1].bias.detach().std()) == pytest.approx(bias_std, rel=0.15)  # vectors: x1
 
 

@@ -40,11 +40,12 @@ FAMILY_CHECKS = [("sgd", 0.05, 32, [128, 512, 2048]), ("adafactor", 1e-2, 32, [6
 
 @pytest.mark.parametrize("name,lr,base,widths", FAMILY_CHECKS)
 def test_coordinate_check_holds_for_each_family(name, lr, base, widths):
-    """muP passes the coordinate check for every family, and SP fails it on the same widths (so it can fail)."""
+    """muP passes the coordinate check for every family, and SP fails it on the same widths (so it can fail);
+    averaged over 4 seeds, as one seed's width-independent random readout bias tilts a slope by a few tenths."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
     checks = {p: ezp.coord_check(ezp.wrap(MLP, base_width=base, parametrization=p), widths, (x, y), optimizer=name,
-                                 lr=lr) for p in ("mup", "sp")}
+                                 lr=lr, seeds=4) for p in ("mup", "sp")}
     assert checks["mup"].ok, str(checks["mup"])
     assert not checks["sp"].ok, str(checks["sp"])
 

@@ -1,6 +1,7 @@
 """Evidence that muP works on a model: LR sweeps and transfer tables, coordinate checks, plots."""
 
 from .coord import CoordCheck, CoordRow, coord_check
+from .init_check import InitCheck, InitRow, check_init
 from .spectral import SpectralCheck, spectral_check
 from .sweep import Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
 from .train import RunResult, random_batches, train
@@ -9,6 +10,9 @@ __all__ = [
     "CoordCheck",
     "CoordRow",
     "coord_check",
+    "check_init",
+    "InitCheck",
+    "InitRow",
     "Run",
     "RunResult",
     "SpectralCheck",

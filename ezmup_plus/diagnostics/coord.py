@@ -101,6 +101,7 @@ def coord_check(
     optimizer: str = "adam",
     lr: float = 1e-2,
     seed: int = 0,
+    seeds: int = 1,
     modules: Callable[[str, nn.Module], bool] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> CoordCheck:
@@ -108,25 +109,37 @@ def coord_check(
 
     ``factory`` is an ``ezp.wrap`` factory (muP) or any ``width -> nn.Module`` (then plain PyTorch
     optimizer, i.e. SP, for comparison). ``modules`` picks which modules to watch (default: every
-    module that owns parameters).
+    module that owns parameters). RMS values are averaged over ``seeds`` builds (seeds ``seed``,
+    ``seed + 1``, ...): a width-independent random offset, such as a readout bias drawn once per
+    build, moves one seed's slope by a few tenths either way.
     """
     if len(widths) < 2:
         raise ValueError(f"widths={list(widths)}: the slope needs at least two widths")
     x, y = data
     rows = []
     for width in widths:
-        model, opt = build_and_optimizer(factory, width, optimizer, lr, seed)
-        watched = [(n, m) for n, m in model.named_modules()
-                   if (modules(n, m) if modules else any(True for _ in m.parameters(recurse=False)))]
-        init = _outputs(model, watched, x)
-        for step in range(steps + 1):
-            now = init if step == 0 else _outputs(model, watched, x)
-            rows += [CoordRow(n, width, step, _rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched]
-            if step < steps:
-                opt.zero_grad()
-                loss_fn(model(x), y).backward()
-                opt.step()
+        runs = [_run(factory, width, optimizer, lr, s, x, y, loss_fn, steps, modules) for s in range(seed, seed + seeds)]
+        for (module, step), _ in runs[0].items():
+            rms, delta = (sum(r[module, step][i] for r in runs) / seeds for i in (0, 1))
+            rows.append(CoordRow(module, width, step, rms, delta))
     return CoordCheck(tuple(rows), tolerance)
+
+
+def _run(factory, width, optimizer, lr, seed, x, y, loss_fn, steps, modules) -> dict[tuple[str, int], tuple]:
+    """(module, step) -> (RMS of its output, RMS of its change since init), for one seeded build."""
+    model, opt = build_and_optimizer(factory, width, optimizer, lr, seed)
+    watched = [(n, m) for n, m in model.named_modules()
+               if (modules(n, m) if modules else any(True for _ in m.parameters(recurse=False)))]
+    init = _outputs(model, watched, x)
+    out = {}
+    for step in range(steps + 1):
+        now = init if step == 0 else _outputs(model, watched, x)
+        out.update({(n, step): (_rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched})
+        if step < steps:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    return out
 
 
 def build_and_optimizer(factory: Callable[..., nn.Module], width: int, optimizer: str, lr: float,
