@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import sympy
@@ -30,7 +31,7 @@ from .branches import branches_from_globs, find_branches
 from .inits import RANDOM, InitLaw, checked_laws, draws, init_laws, model_laws, recording, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
-from .trace import ShapeTable, probe, probe_depth, shape_table
+from .trace import ShapeTable, build_on_meta, probe, probe_depth, shape_table
 from .usage import ForwardTrace, Use, trace_forward, width_dependent_numbers
 
 
@@ -66,9 +67,10 @@ class Analysis:
     width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
     inits: dict[str, InitLaw]  # parameter templates -> the factory's init law in width and depth
     init_builds: int  # seeded CPU builds at base that checked (or measured) the laws; 0: the user's own model
+    notes: tuple[str, ...] = ()  # what the analysis warned about (said again when it is read from a cache)
 
     def to_json(self) -> str:
-        return json.dumps(_plain(self), indent=1)
+        return json.dumps(plain(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Analysis:
@@ -94,6 +96,29 @@ class Analysis:
         return "\n".join(lines)
 
 
+def _noting(analyse: Callable[..., Analysis]) -> Callable[..., Analysis]:
+    """The analysis keeps its warnings as notes, and says them (again, when read from a cache: :func:`say`)."""
+    @functools.wraps(analyse)
+    def run(*args, **kwargs) -> Analysis:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = analyse(*args, **kwargs)
+        ours = [w for w in caught if w.category is UserWarning]
+        for w in caught:
+            if w.category is not UserWarning:  # third-party deprecations and the like: passed on as they came
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        found = dataclasses.replace(found, notes=tuple(dict.fromkeys(str(w.message) for w in ours)))
+        say(found)
+        return found
+    return run
+
+
+def say(analysis: Analysis) -> None:
+    for note in analysis.notes:
+        warnings.warn(note, UserWarning, stacklevel=4)
+
+
+@_noting
 def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
                     fixed_kwargs: Mapping[str, Any] | None = None, example_inputs: Any = None) -> Analysis:
     """Probe ``factory`` at the sentinel primes (times ``width_multiple``) and learn everything from those builds."""
@@ -113,15 +138,17 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
     seen = [draws(m, recorder) for m in (*models, *deeper)]
     depths = () if o.base_depth is None else tuple(range(o.base_depth, o.base_depth + 3))
     laws = init_laws(table, seen[:len(models)], depths, [seen[0], *seen[len(models):]] if deeper else ())
-    traces = _traces(models, example_inputs, o.trace)
+    model_at = _shallowest(factory, table, models, {**kwargs(None), o.depth_arg: 1} if deeper else None, o.width_arg)
+    traces = _traces(model_at, len(models), example_inputs, o.trace)
     numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
     for note in numbers:
         warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
                       "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
     laws, builds = checked_laws(factory, kwargs(o.base_width), laws, table, (o.base_width, o.base_depth))
-    return learn(table, models[0], traces, o, numbers, laws, builds, example_inputs)
+    return learn(table, model_at(0), traces, o, numbers, laws, builds, example_inputs)
 
 
+@_noting
 def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
     """Read ``model``, built at the sentinel width, as the one probe: a dim that is a multiple of the sentinel is
     that multiple of ``w``. Its own tensors are the base init (one draw)."""
@@ -132,7 +159,7 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
                          f"{options.sentinels[0]}: build the model at width={options.sentinels[0]} before passing "
                          "width=... to get_mup_optimizer")
     try:
-        traces = _traces([meta], None, options.trace)
+        traces = _traces(lambda i: meta, 1, None, options.trace)
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
@@ -144,10 +171,11 @@ def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrac
           example_inputs: Any) -> Analysis:
     """The stages after the probes, the same for both front doors: roles, branches, attention, zero-init.
 
-    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
+    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced), on ``meta_model`` (the first probe's build, or
+    its shallowest twin) and the like at the other widths;
     ``inits`` are the init laws by parameter template, checked on ``init_builds`` seeded builds.
     """
-    uses = traces[0].uses if traces else None
+    uses = _uses_at_base(table, traces[0].uses) if traces else None
     roles = classify(table, options.roles, uses)
     branches = _branches(meta_model, table, options.branches, example_inputs)
     drawn = {t for t, law in inits.items() if law.kind in (*RANDOM, "unread")}
@@ -156,7 +184,8 @@ def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrac
     return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, inits, init_builds)
 
 
-def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:
+def _traces(model_at: Callable[[int], nn.Module], probes: int, example_inputs: Any,
+            enabled: bool) -> list[ForwardTrace]:
     """Parameter uses and attention from a meta forward at each probe width ([] when not traced).
 
     Uses are the same at every width, so they are followed once; a second width shows which numbers
@@ -166,10 +195,50 @@ def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> 
         warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
                       "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=4)
         return []
-    traces = [trace_forward(models[0], example_inputs)]
-    for model in models[1:] if traces[0].attention else models[1:2]:
-        traces.append(trace_forward(model, example_inputs, follow_params=False))
+    traces = [trace_forward(model_at(0), example_inputs)]
+    for i in range(1, probes if traces[0].attention else min(2, probes)):
+        traces.append(trace_forward(model_at(i), example_inputs, follow_params=False))
     return traces
+
+
+def _shallowest(factory: Callable[..., nn.Module], table: ShapeTable, models: Sequence[nn.Module],
+                kwargs: dict[str, Any] | None, width_arg: str) -> Callable[[int], nn.Module]:
+    """The probe build to trace at each width: with one block per stack where the factory builds at depth 1.
+
+    Every block of a stack is used as its first is, so a forward through one block tells what one through all
+    of them would, for a fraction of the time; where depth 1 does not build, the base-depth probes are used.
+    """
+    if kwargs is None or not all(s.count(1) >= 1 for s in table.stacks):
+        return models.__getitem__
+    built: dict[int, nn.Module] = {}
+
+    def model_at(i: int) -> nn.Module:
+        if i not in built:
+            try:
+                built[i] = build_on_meta(factory, {**kwargs, width_arg: table.widths[i]})
+            except Exception:  # the user's factory may want more than one block: trace the probes as built
+                built[i] = models[i]
+        return built[i]
+    return model_at
+
+
+def _uses_at_base(table: ShapeTable, uses: Mapping[str, tuple[Use, ...]]) -> dict[str, tuple[Use, ...]]:
+    """Traced uses for every parameter at the base depth: a block traced once speaks for its whole stack."""
+    found = {}
+    for name in table.params:
+        where = table.stack_of(name)
+        if name in uses or where is None:
+            if name in uses:
+                found[name] = uses[name]
+            continue
+        stack, index = where
+        twin = stack.block(0) + name[len(stack.block(index)):]
+        if twin in uses:
+            rename = lambda m: m if m is None or not m.startswith(stack.block(0)) else (  # noqa: E731
+                stack.block(index) + m[len(stack.block(0)):])
+            found[name] = tuple(replace(u, module=rename(u.module), returned_by=rename(u.returned_by))
+                                for u in uses[twin])
+    return found
 
 
 def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, example_inputs: Any) -> dict[str, str]:
@@ -183,17 +252,18 @@ def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, 
 
 # --- exact JSON: plain types out, the dataclass field types say how to read them back ------------
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Plain JSON types: dataclasses as dicts, sympy as strings, frozensets sorted."""
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, sympy.Basic):
         return str(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, frozenset):
-        return sorted(_plain(v) for v in value)
+        return sorted(plain(v) for v in value)
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

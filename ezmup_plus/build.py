@@ -7,6 +7,7 @@ The model stays a plain ``nn.Module``; the plan rides along as an attribute (so 
 from __future__ import annotations
 
 import contextlib
+import json
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from . import rules
-from .analysis import Analysis, AnalysisOptions, analyse_factory
+from .analysis import Analysis, AnalysisOptions, analyse_factory, plain, say
+from .cache import analysis_key, cache_dir, load, store
 from .inits import ZERO_INITS
 from .plan import MupPlan, make_plan
 from .trace import DEFAULT_SENTINELS, ShapeTable
@@ -151,6 +153,7 @@ class MupFactory:
         attn_scale: str = "auto",
         zero_init: Sequence[str] = (),
         trace: bool = True,
+        cache: bool | str | None = None,
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -177,6 +180,7 @@ class MupFactory:
         self.attn_scale = attn_scale
         self.example_inputs = example_inputs
         self.fixed_kwargs = fixed_kwargs
+        self.cache = cache
 
     @property
     def base_width(self) -> int:
@@ -195,8 +199,20 @@ class MupFactory:
 
     @cached_property
     def analysis(self) -> Analysis:
-        """Everything learned about the factory: probed at the sentinel primes on meta, traced, base init measured."""
-        return analyse_factory(self.factory, self.options, self.fixed_kwargs, self.example_inputs)
+        """Everything learned about the factory: probed at the sentinel primes on meta, traced, init laws read;
+        from the disk cache when this factory was analysed before (``cache=False`` or ``EZMUP_PLUS_CACHE=off``:
+        never)."""
+        directory = cache_dir(self.cache)
+        key = None if directory is None else analysis_key(self.factory, json.dumps(plain(self.options)),
+                                                          self.example_inputs)
+        found = None if key is None else load(directory, key)
+        if found is not None:
+            say(found)
+            return found
+        found = analyse_factory(self.factory, self.options, self.fixed_kwargs, self.example_inputs)
+        if key is not None:
+            store(directory, key, found)
+        return found
 
     @property
     def table(self) -> ShapeTable:

@@ -382,21 +382,25 @@ def checked_laws(factory: Callable[..., nn.Module], kwargs: Mapping, laws: Mappi
     The plan is a function of the factory alone: the caller's RNG is left as it was.
     """
     checked = dict(laws)
-    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        first = factory(**kwargs)
-        values = _values_by_template(table, first)
-        for template, law in laws.items():
-            refuted = law.kind in RANDOM and _refutation(values[template], law.std(*at))
+        with torch.device("cpu"):
+            first = factory(**kwargs)
+        for template, (count, std) in _pooled_stds(table, first).items():
+            law = laws[template]
+            refuted = law.kind in RANDOM and _refutation(count, std, law.std(*at))
             if refuted:
-                warnings.warn(f"{template}: drawn with std {refuted} at the base width, not the {law.std(*at):.4g} its "
-                              f"init ({law.how}) was read as; it is rescaled relative to the factory's own draw",
+                warnings.warn(f"{template}: drawn with std {std:.4g} at the base width, not the {law.std(*at):.4g} "
+                              f"its init ({law.how}) was read as; it is rescaled relative to the factory's own draw",
                               stacklevel=5)
                 checked[template] = InitLaw("unread", f"{law.how} (refuted by a real draw)")
         unread = {t for t, law in checked.items() if law.kind == "unread"}
         names = {n for n in table.params if table.template(n) in unread}
-        count = draws_needed(first, names) if names else 1  # ~1% on the std of a small tensor
-        stds = init_stds(itertools.chain([first], (factory(**kwargs) for _ in range(count - 1))))
+        if not names:
+            return checked, 1
+        count = draws_needed(first, names)  # ~1% on the std of a small tensor
+        with torch.device("cpu"):
+            stds = init_stds(itertools.chain([first], (factory(**kwargs) for _ in range(count - 1))))
     for template in unread:
         pooled = [stds[n] for n in names if table.template(n) == template]
         std = None if None in pooled else math.sqrt(sum(x * x for x in pooled) / len(pooled))
@@ -404,30 +408,29 @@ def checked_laws(factory: Callable[..., nn.Module], kwargs: Mapping, laws: Mappi
     return checked, count
 
 
+def _pooled_stds(table: ShapeTable, model: nn.Module) -> dict[str, tuple[int, float]]:
+    """Per parameter template: (entries, std) of the model's tensors, pooled over the blocks of a stack."""
+    sums: dict[str, tuple[int, float]] = {}
+    for name, p in model.named_parameters():
+        n, var = p.numel(), float(p.detach().float().var()) if p.numel() > 1 else 0.0
+        total, pooled = sums.get(table.template(name), (0, 0.0))
+        sums[table.template(name)] = (total + n, pooled + n * var)
+    return {t: (n, math.sqrt(v / n)) for t, (n, v) in sums.items()}
+
+
 def model_laws(table: ShapeTable, model: nn.Module) -> dict[str, InitLaw]:
     """The laws of a model the user built at the sentinel: its own tensors, taken as drawn the same at any
     width (a re-created tensor is drawn with the built one's std); a single number is a constant."""
     laws = {}
-    for template, x in _values_by_template(table, model).items():
-        constant = x.numel() < 2 or bool((x == x[0]).all())
-        laws[template] = (InitLaw("constant", "as built") if constant else
-                          InitLaw("random", "as built", table.widths[:1], (float(x.var()),)))
+    for template, (count, std) in _pooled_stds(table, model).items():
+        laws[template] = (InitLaw("random", "as built", table.widths[:1], (std * std,)) if count > 1 and std > 0
+                          else InitLaw("constant", "as built"))
     return laws
 
 
-def _values_by_template(table: ShapeTable, model: nn.Module) -> dict[str, torch.Tensor]:
-    values: dict[str, list[torch.Tensor]] = {}
-    for name, p in model.named_parameters():
-        values.setdefault(table.template(name), []).append(p.detach().float().flatten())
-    return {t: torch.cat(v) for t, v in values.items()}
-
-
-def _refutation(x: torch.Tensor, expected: float) -> str | None:
-    """The sample std, where it is too far from ``expected`` for sampling error (6 sigma, plus 2%)."""
-    if x.numel() < 8:
-        return None
-    std = float(x.std())
-    return None if abs(std / expected - 1) <= 6 * 0.71 / math.sqrt(x.numel()) + 0.02 else f"{std:.4g}"
+def _refutation(count: int, std: float, expected: float) -> bool:
+    """A sample std too far from ``expected`` for sampling error (6 sigma, plus 2%); too few entries never are."""
+    return count >= 8 and abs(std / expected - 1) > 6 * 0.71 / math.sqrt(count) + 0.02
 
 
 def init_stds(builds: Iterable[nn.Module]) -> dict[str, float | None]:

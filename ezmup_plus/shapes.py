@@ -6,6 +6,7 @@ Torch-free on purpose: the fitter is the part the property tests hammer.
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 from typing import Sequence
 
 import sympy
@@ -24,18 +25,24 @@ def fit_dim(widths: Sequence[int], values: Sequence[int]) -> sympy.Expr:
     A polynomial of degree k is fitted on the first k+1 probes and must hit every later probe
     exactly, so each accepted fit is checked by at least one probe it was not fitted on. One probe
     (a model built at the sentinel) reads a multiple of the sentinel as that multiple of ``w``, and
-    refuses a multiple of its square, which could as well be ``w**2``.
+    refuses a multiple of its square, which could as well be ``w**2``. Each distinct tuple of sizes is
+    fitted once (every block of a model repeats the same few).
     """
     if len(widths) != len(values) or not widths:
         raise ValueError("fit_dim needs the same number (>= 1) of widths and values")
+    return _fit(tuple(widths), tuple(values))
+
+
+@lru_cache(maxsize=4096)
+def _fit(widths: tuple[int, ...], values: tuple[int, ...]) -> sympy.Expr:
     if len(widths) == 1:
         return _read_one_probe(widths[0], values[0])
     points = [(Fraction(x), Fraction(y)) for x, y in zip(widths, values)]
     for degree in range(len(points) - 1):
-        poly = _interpolate(points[: degree + 1])
-        if all(poly.subs(WIDTH, sympy.Rational(x.numerator, x.denominator)) == sympy.Rational(y.numerator, y.denominator)
-               for x, y in points[degree + 1:]):
-            return sympy.expand(poly)
+        coefficients = _through(points[: degree + 1])
+        if all(_at(coefficients, x) == y for x, y in points[degree + 1:]):
+            return sympy.Add(*(sympy.Rational(c.numerator, c.denominator) * WIDTH**k
+                               for k, c in enumerate(coefficients)))
     raise ShapeFitError(
         f"values {list(values)} at widths {list(widths)} fit no polynomial of degree <= {len(points) - 2} in w; "
         "pass more sentinel primes (sentinels=...) for a higher degree, or make the dim a polynomial in the width"
@@ -48,28 +55,39 @@ def _read_one_probe(width: int, value: int) -> sympy.Expr:
     return sympy.Integer(value // width) * WIDTH if value % width == 0 else sympy.Integer(value)
 
 
-def _interpolate(points: list[tuple[Fraction, Fraction]]) -> sympy.Expr:
-    """Lagrange interpolation in exact rationals."""
-    total = sympy.Integer(0)
+def _through(points: list[tuple[Fraction, Fraction]]) -> list[Fraction]:
+    """Coefficients (constant first) of the polynomial through ``points``: Lagrange, in exact fractions."""
+    total = [Fraction(0)] * len(points)
     for i, (xi, yi) in enumerate(points):
-        term = sympy.Rational(yi.numerator, yi.denominator)
+        basis = [Fraction(1)]
         for j, (xj, _) in enumerate(points):
-            if j != i:
-                xr = sympy.Rational(xj.numerator, xj.denominator)
-                term *= (WIDTH - xr) / (sympy.Rational(xi.numerator, xi.denominator) - xr)
-        total += term
+            if j != i:  # basis *= (w - xj) / (xi - xj)
+                basis = [(a - b * xj) / (xi - xj) for a, b in zip([Fraction(0), *basis], [*basis, Fraction(0)])]
+        total = [t + yi * b for t, b in zip(total, basis)]
     return total
+
+
+def _at(coefficients: list[Fraction], x: Fraction) -> Fraction:
+    value = Fraction(0)
+    for c in reversed(coefficients):
+        value = value * x + c
+    return value
 
 
 def evaluate(expr: sympy.Expr, width: int, *, what: str) -> int:
     """The integer value of a fitted dim at ``width``; a fraction means the width breaks divisibility."""
-    value = sympy.nsimplify(expr).subs(WIDTH, width)
+    value = _value(expr, width)
     if not value.is_integer:
         raise ValueError(
             f"{what}: dim {expr} is {value} at width {width}, not an integer; "
             f"choose a width for which {expr} is a whole number (e.g. pass width_multiple to wrap)"
         )
     return int(value)
+
+
+@lru_cache(maxsize=4096)
+def _value(expr: sympy.Expr, width: int) -> sympy.Expr:
+    return expr.subs(WIDTH, width)
 
 
 def scales(expr: sympy.Expr) -> bool:

@@ -31,3 +31,9 @@ def data_copies() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def no_analysis_cache(monkeypatch):
+    """Every test analyses its factories afresh (tests of the cache give it a directory of their own)."""
+    monkeypatch.setenv("EZMUP_PLUS_CACHE", "off")
