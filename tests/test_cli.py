@@ -63,7 +63,7 @@ def test_train_logs_and_checkpoints(config, tmp_path):
 def test_sweep_and_transfer(config, tmp_path, capsys):
     main(["sweep", str(config), "--widths", "16", "32", "--lr-range", "0.004", "0.008", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "drift (log2)" in out and (tmp_path / "sweep.png").exists()
+    assert "drift (octaves)" in out and (tmp_path / "sweep.png").exists()
     assert len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 2 * 2 * 2
     main(["transfer", str(config), "--lr-range", "0.004", "0.008"])
     assert "best LR at base width 16" in capsys.readouterr().out
