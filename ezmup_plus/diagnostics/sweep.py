@@ -300,8 +300,8 @@ def _table_notes(transfers: Sequence[Transfer]) -> list[str]:
     if any(t.drift_interval for t in transfers):
         notes.append(f"[{LEVEL:.0%} bootstrap interval over seeds]; within noise: the drift interval starts at or "
                      f"below {step / 2:g} octave (half a grid step)")
-    proposals = [f"{t.parametrization} {t.seeds_for_one_step} (now {t.seeds})" for t in transfers
-                 if t.seeds_for_one_step]
+    proposals = [f"{t.parametrization} {t.seeds_for_one_step} (now {t.seeds})" if t.seeds_for_one_step > t.seeds
+                 else f"{t.parametrization} already at {t.seeds}" for t in transfers if t.seeds_for_one_step]
     if proposals:
         notes.append(f"seeds for a drift interval narrower than one grid step ({_plural(step, 'octave')}, "
                      f"from width ~ 1/sqrt(seeds)): {', '.join(proposals)}")
