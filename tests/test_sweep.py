@@ -172,6 +172,8 @@ def test_best_lr_at_the_grid_edge_is_flagged_not_extrapolated():
     t = analyse(parabola_runs({1: -6.0, 2: -0.5}, 2), "mup", resamples=50)  # width 2's optimum is above the grid
     assert t.optima[2].log2_lr == GRID[-1] and t.optima[2].at_edge and not t.optima[1].at_edge
     assert t.verdict.endswith("; at grid edge: width 2") and f"{GRID[-1]:.1f} [" in transfer_table([t])
+    one_lr = analyse([Run("mup", 1, None, 0.01, s, 1.0 + s, 1.0 + s, False) for s in range(2)], "mup", resamples=10)
+    assert one_lr.optima[1].at_edge and one_lr.best_lr[1] == pytest.approx(0.01) and one_lr.seeds_for_one_step == 2
 
 
 def test_one_seed_has_no_interval():
