@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ezmup_plus.diagnostics import analyse, lr_sweep, plot_sweep, transfer_table  # noqa: E402
+from ezmup_plus.diagnostics import Run, analyse, lr_sweep, plot_sweep, transfer_table  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 
@@ -22,8 +22,11 @@ def parse_preset(description: str, presets: dict[str, dict]) -> tuple[str, dict,
     parser.add_argument("--preset", choices=sorted(presets), default="smoke")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in the JSONL file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds instead of the preset's (runs already in the JSONL file are reused)")
     args = parser.parse_args()
-    return args.preset, presets[args.preset], args
+    preset = presets[args.preset]
+    return args.preset, {**preset, "seeds": args.seeds} if args.seeds else preset, args
 
 
 def run_transfer(
@@ -48,21 +51,25 @@ def run_transfer(
     start = time.perf_counter()
     runs = lr_sweep(train_fn, widths=widths, lrs=lrs, seeds=seeds, parametrizations=parametrizations,
                     depths=depths, jsonl_path=jsonl)
+    return report(name, runs, parametrizations, axis=axis, out=out, settings=settings,
+                  seconds=round(time.perf_counter() - start, 1))
+
+
+def report(name: str, runs: Sequence[Run], parametrizations: Sequence[str], *, axis: str, out: Path,
+           settings: dict | None, seconds: float) -> dict:
+    """Analyse the runs: print the table, write ``<name>.json`` and ``<name>.png`` (no training)."""
     transfers = [analyse(runs, p, axis=axis) for p in parametrizations]
     table = transfer_table(transfers, axis=axis)
     print(table)
     summary = {
         "benchmark": name,
         "settings": settings or {},
-        "seconds": round(time.perf_counter() - start, 1),
+        "seeds": sorted({r.seed for r in runs}),
+        "seconds": seconds,  # training time of the run that wrote this file (runs reused from the JSONL are free)
         "table": table,
-        "results": {t.parametrization: {"best_lr": {str(k): v for k, v in t.best_lr.items()},
-                                        "best_loss": {str(k): v for k, v in t.best_loss.items()},
-                                        "drift_log2": t.drift, "divergences": t.divergences,
-                                        "regret": {str(k): v for k, v in t.regret.items()}}
-                    for t in transfers},
+        "results": {t.parametrization: t.to_dict() for t in transfers},
     }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_sweep(runs, out / f"{name}.png", axis=axis, title=name)
+    plot = plot_sweep(runs, out / f"{name}.png", axis=axis, title=name, transfers=transfers)
     print(f"wrote {out / f'{name}.json'} and {plot}")
     return summary

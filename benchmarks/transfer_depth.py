@@ -16,10 +16,11 @@ from ezmup_plus.diagnostics import geometric_lrs, train
 from ezmup_plus.models.gpt import GPT
 
 PRESETS = {
-    "smoke": dict(depths=[2, 4], lrs=geometric_lrs(2**-9, 2**-5), steps=20, block=32, batch=8),
-    "cpu": dict(depths=[2, 4, 8, 16], lrs=geometric_lrs(2**-11, 2**-4), steps=200, block=32, batch=16),
+    "smoke": dict(depths=[2, 4], lrs=geometric_lrs(2**-9, 2**-5), steps=20, block=32, batch=8, seeds=[0]),
+    "cpu": dict(depths=[2, 4, 8, 16], lrs=geometric_lrs(2**-11, 2**-4), steps=200, block=32, batch=16,
+                seeds=[0]),
     "full": dict(depths=[2, 4, 8, 16, 32, 64], lrs=geometric_lrs(2**-14, 2**-4, 2), steps=5000, block=256,
-                 batch=64),
+                 batch=64, seeds=[0]),
 }
 PARAMETRIZATIONS = ("sp", "depth_mup", "completep")
 
@@ -43,7 +44,8 @@ def main() -> None:
         return train(model, opt, lm_batches(train_ids, cfg["block"], cfg["batch"], seed), lm_loss, cfg["steps"], val)
 
     run_transfer(f"transfer_depth_{preset}", run, parametrizations=PARAMETRIZATIONS, widths=[64],
-                 depths=cfg["depths"], lrs=cfg["lrs"], seeds=[0], axis="depth", out=args.out, fresh=args.fresh,
+                 depths=cfg["depths"], lrs=cfg["lrs"], seeds=cfg["seeds"], axis="depth", out=args.out,
+                 fresh=args.fresh,
                  settings={"preset": preset, **{k: v for k, v in cfg.items() if k != "lrs"}})
 
 

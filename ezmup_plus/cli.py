@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import re
 import sys
 import tempfile
@@ -133,9 +134,13 @@ def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
 def cmd_sweep(args) -> None:
     cfg = load_config(args.config, args.set)
     runs = _sweep(cfg, args, args.widths, geometric_lrs(*args.lr_range), args.parametrizations)
-    print(transfer_table([analyse(runs, p) for p in args.parametrizations]))
+    transfers = [analyse(runs, p) for p in args.parametrizations]
+    print(transfer_table(transfers))
     if args.out:
-        print(f"plot: {plot_sweep(runs, args.out / 'sweep.png')}")
+        results = args.out / "sweep.json"
+        with atomic_write(results) as fh:
+            json.dump({t.parametrization: t.to_dict() for t in transfers}, fh, indent=2)
+        print(f"results: {results}; plot: {plot_sweep(runs, args.out / 'sweep.png', transfers=transfers)}")
 
 
 def cmd_transfer(args) -> None:
@@ -143,10 +148,13 @@ def cmd_transfer(args) -> None:
     cfg = load_config(args.config, args.set)
     base = cfg.mup.base_width or cfg.model.width
     tuned = analyse(_sweep(cfg, args, [base], geometric_lrs(*args.lr_range), [cfg.mup.parametrization]),
-                    cfg.mup.parametrization).best_lr[base]
-    target = _sweep(cfg, args, [cfg.model.width], [tuned], [cfg.mup.parametrization])
-    print(f"best LR at base width {base}: {tuned:.4g}; at width {cfg.model.width} with it: "
-          f"validation loss {target[0].val_loss:.4f}")
+                    cfg.mup.parametrization).optima[base]
+    if math.isnan(tuned.log2_lr):
+        raise ValueError(f"every run at the base width {base} diverged: no LR to transfer; lower --lr-range")
+    target = _sweep(cfg, args, [cfg.model.width], [tuned.lr], [cfg.mup.parametrization])
+    losses = ", ".join(f"{r.val_loss:.4f}" for r in target)
+    print(f"best LR at base width {base}: {tuned.describe()}; at width {cfg.model.width} with it: "
+          f"validation loss {losses} (seeds {', '.join(map(str, args.seeds))})")
 
 
 def cmd_coord_check(args) -> None:
@@ -234,12 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     command("inspect", cmd_inspect, "print the per-tensor plan: symbolic shapes, roles, multipliers")
     p = command("train", cmd_train, "train a config; loss log (CSV, JSON) and checkpoint in --out")
     p.add_argument("--out", type=Path, default=None)
-    for name, fn, text in (("sweep", cmd_sweep, "LR sweep over widths: best LR per width, drift, regret"),
+    for name, fn, text in (("sweep", cmd_sweep, "LR sweep over widths: best LR and drift with intervals, regret"),
                            ("transfer", cmd_transfer, "tune the LR at the base width, train at the target with it")):
         p = command(name, fn, text)
         p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
         p.add_argument("--lr-range", type=float, nargs=2, default=[2**-12, 2**-4], metavar=("LOW", "HIGH"))
-        p.add_argument("--seeds", type=int, nargs="+", default=[0])
+        p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                       help="two or more give bootstrap intervals on the best LR and the drift")
         p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"])
         p.add_argument("--out", type=Path, default=None)
     p = command("coord-check", cmd_coord_check, "activation RMS vs width after a few steps; exit 1 on failure")

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     transfers = [analyse(runs, p) for p in ("sp", "mup")]
     print(f"\nbest Adam learning rate per width (base width {base}, validation loss on held-out digits):")
     print(transfer_table(transfers))
-    plot = plot_sweep(runs, args.out / "demo_lr_sweep.png", title="MLP on digits, Adam")
+    plot = plot_sweep(runs, args.out / "demo_lr_sweep.png", title="MLP on digits, Adam", transfers=transfers)
     print(f"\nplot: {plot}   ({time.perf_counter() - start:.0f} s)")
     return {t.parametrization: t for t in transfers}
 

@@ -61,12 +61,21 @@ def test_train_logs_and_checkpoints(config, tmp_path):
 
 
 def test_sweep_and_transfer(config, tmp_path, capsys):
-    main(["sweep", str(config), "--widths", "16", "32", "--lr-range", "0.004", "0.008", "--out", str(tmp_path)])
+    main(["sweep", str(config), "--widths", "16", "32", "--lr-range", "0.004", "0.008", "--seeds", "0", "1",
+          "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "drift (log2)" in out and (tmp_path / "sweep.png").exists()
-    assert len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 2 * 2 * 2
-    main(["transfer", str(config), "--lr-range", "0.004", "0.008"])
-    assert "best LR at base width 16" in capsys.readouterr().out
+    assert "drift (octaves)" in out and (tmp_path / "sweep.png").exists()
+    assert len((tmp_path / "sweep.jsonl").read_text().splitlines()) == 2 * 2 * 2 * 2
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    for name, t in results.items():  # the printed drift carries the interval written to the JSON
+        low, high = t["drift_interval"]
+        assert f"{t['drift_log2']:.2f} [{low:.2f}, {high:.2f}]" in out and t["verdict"] in out and t["seeds"] == 2
+        more = t["seeds_for_one_step"]
+        assert set(t["scales"]) == {"16", "32"}
+        assert (f"{name} {more} (now 2)" if more > 2 else f"{name} already at 2") in out
+    main(["transfer", str(config), "--lr-range", "0.004", "0.008", "--seeds", "0", "1"])
+    out = capsys.readouterr().out
+    assert "best LR at base width 16: " in out and ", 2 seeds" in out and "log2 " in out and " [" in out
 
 
 def test_coord_check_command(config, tmp_path, capsys):

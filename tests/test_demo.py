@@ -11,4 +11,5 @@ def test_demo_runs_and_writes_its_plot(tmp_path, capsys):
     assert set(result) == {"sp", "mup"}
     assert all(set(t.best_lr) == {16, 64} and math.isfinite(t.drift) for t in result.values())
     assert (tmp_path / "demo_lr_sweep.png").exists()
-    assert "best Adam learning rate per width" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "best Adam learning rate per width" in out and "drift (octaves)" in out and "1 seed: no interval" in out

@@ -3,12 +3,13 @@
 from .coord import CoordCheck, CoordRow, coord_check
 from .init_check import InitCheck, InitRow, check_init
 from .spectral import SpectralCheck, spectral_check
-from .sweep import Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
+from .sweep import Optimum, Run, Transfer, analyse, geometric_lrs, lr_sweep, plot_sweep, read_runs, transfer_table
 from .train import RunResult, random_batches, train
 
 __all__ = [
     "CoordCheck",
     "CoordRow",
+    "Optimum",
     "coord_check",
     "check_init",
     "InitCheck",
