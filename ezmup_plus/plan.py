@@ -71,6 +71,8 @@ class MupPlan:
     depth: int | None = None
     base_depth: int | None = None
     depth_alpha: float | None = None
+    conventions: str = rules.DEFAULT_CONVENTIONS  # a name in rules.CONVENTIONS
+    input_multipliers: dict[str, float] = field(default_factory=dict)  # module name -> multiplier on its input
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -86,8 +88,9 @@ class MupPlan:
         if family == self.family:
             return self
         tensors = {}
+        conv = rules.conventions(self.conventions)
         for name, t in self.tensors.items():
-            s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha), t.fold)
+            s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha, conv), t.fold)
             tensors[name] = replace(t, lr_mult=s.lr, wd_mult=s.wd, eps_mult=s.eps)
         return replace(self, family=family, tensors=tensors)
 
@@ -96,6 +99,8 @@ class MupPlan:
                 f"(base {self.base_width})")
         if self.depth is not None:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
+        if self.conventions != rules.DEFAULT_CONVENTIONS:
+            head += f", conventions {self.conventions}"
         columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult")
         rows = [columns]
         for t in self:
@@ -115,6 +120,7 @@ class MupPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        lines += [f"forward multiplier on the input of {m}: {v:.4g}" for m, v in self.input_multipliers.items()]
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
                "query": lambda a: f"rows {a.start}:{a.stop} of {a.query}"}
         lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
@@ -122,9 +128,15 @@ class MupPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """Plain types only (sympy shapes as strings), for YAML/JSON."""
+        """Plain types only (sympy shapes as strings), for YAML/JSON. The conventions and input multipliers appear
+        only where they are not the defaults, so a plan under the default conventions reads as it always did."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
+        for name, default in (("conventions", rules.DEFAULT_CONVENTIONS), ("input_multipliers", {})):
+            if out[name] == default:
+                del out[name]
         out["multipliers"] = dict(self.multipliers)
+        if self.input_multipliers:
+            out["input_multipliers"] = dict(self.input_multipliers)
         out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
@@ -173,16 +185,20 @@ def make_plan(
     family: str = "adam",
     depth_alpha: float | None = None,
     attn_scale: str = "auto",
+    conventions: str = rules.DEFAULT_CONVENTIONS,
 ) -> MupPlan:
     """The per-tensor numbers of ``analysis`` at one target: shapes, roles, rules and the factory's base init.
 
     Residual branches get m_L^-alpha, folded into init and LR or as a forward hook; attention whose
     head dim grows gets sqrt(d_base/d) on its logits (unless SP or ``attn_scale="1/sqrt(d)"``);
-    zero-init targets start at zero. Pure: nothing is traced or built.
+    zero-init targets start at zero; ``conventions`` (``rules.CONVENTIONS``) chooses eps, the readout's
+    form, the tied init and what ``attn_scale="auto"`` means. Pure: nothing is traced or built.
     """
     rules.check_parametrization(parametrization)
+    conv = rules.conventions(conventions)
     table, roles, base_width = analysis.table, analysis.roles, analysis.options.base_width
-    attention = {} if parametrization == "sp" or attn_scale == "1/sqrt(d)" else analysis.attention
+    keeps_logits = attn_scale == "1/sqrt(d)" or (attn_scale == "auto" and conv.attention == "model")
+    attention = {} if parametrization == "sp" or keeps_logits else analysis.attention
     for template, spec in attention.items():
         if spec.via == "none":
             raise unroutable_error(module_names(table, template, table.depth)[0], spec.head_dim)
@@ -198,6 +214,7 @@ def make_plan(
                    for template, spec in attention.items() if spec.via == "fold"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
+    input_multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
         p, role, template = table.params[base_name], roles[base_name], table.template(name)
         shape = tuple(evaluate(d, width, what=name) for d in p.dims)
@@ -212,16 +229,19 @@ def make_plan(
             fan_in=fan_in_now,
             fan_out=fan_out_now,
         )
-        s = rules.scaling(parametrization, family, scale, alpha)
+        s = rules.scaling(parametrization, family, scale, alpha, conv)
         module = template.rpartition(".")[0]
         fold = (branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
         if fold != 1.0:
             s = rules.fold(family, s, fold)
-        multiplier = 1.0
+        multiplier = rules.readout_multiplier(parametrization, scale, conv)
+        if multiplier != 1.0:  # MuReadout's form: 1/m_w on the readout's input, its bias added after
+            input_multipliers[name.rpartition(".")[0]] = multiplier
         if role.tied_readout is not None and parametrization != "sp" and role.role == "input":
-            # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
+            # TP5 Table 8: a tied readout keeps the embedding's init (x m_w**tied_init) and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
+            s = replace(s, init=s.init * scale.m_out**conv.tied_init)
         law = analysis.inits[template]
         # muP's init is relative to the factory's at base; SP is the factory's own draw at the target
         reference = (law.std(*base) if parametrization != "sp" else law.std(width, depth)) if law.kind in RANDOM \
@@ -261,7 +281,8 @@ def make_plan(
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
             logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
     return MupPlan(width, base_width, parametrization, family, tensors,
-                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
+                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
+                   conventions, input_multipliers)
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:
