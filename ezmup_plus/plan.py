@@ -94,6 +94,11 @@ class MupPlan:
             tensors[name] = replace(t, lr_mult=s.lr, wd_mult=s.wd, eps_mult=s.eps)
         return replace(self, family=family, tensors=tensors)
 
+    def effective(self, wd_mode: str = "independent", eps_mode: str = "scaled") -> dict[str, EffectiveNumbers]:
+        """Per tensor, the numbers the trained function sees (see :class:`EffectiveNumbers`), with the
+        optimizer's ``wd_mode`` and ``eps_mode`` (``get_mup_optimizer``'s defaults unless told)."""
+        return effective_numbers(self, wd_mode, eps_mode)
+
     def __str__(self) -> str:
         head = (f"MupPlan: {self.parametrization}, family {self.family}, width {self.width} "
                 f"(base {self.base_width})")
@@ -101,8 +106,10 @@ class MupPlan:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
         if self.conventions != rules.DEFAULT_CONVENTIONS:
             head += f", conventions {self.conventions}"
-        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult")
+        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult",
+                   *EFFECTIVE_COLUMNS)
         rows = [columns]
+        effective = self.effective()
         for t in self:
             rows.append((
                 t.name,
@@ -116,6 +123,7 @@ class MupPlan:
                 f"{t.wd_mult:.4g}",
                 f"{t.eps_mult:.4g}",
                 f"{t.multiplier:.4g}",
+                *_effective_cells(t, effective[t.name]),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -154,6 +162,85 @@ class MupPlan:
     @classmethod
     def from_yaml(cls, text: str) -> MupPlan:
         return cls.from_dict(yaml.safe_load(text))
+
+
+@dataclass(frozen=True)
+class EffectiveNumbers:
+    """One tensor's numbers as the trained function sees them, wherever its forward multiplier A lives.
+
+    A multiplier outside the weights acts as if folded into them (``rules.fold``): the effective init std is
+    A x init std, the LR factor lr x A**fold_lr (A for Adam-like optimizers, A^2 for SGD), the eps factor eps / A.
+    So MuReadout's 1/width_mult in the forward and the same factor folded into init and LR give equal numbers.
+    For a fused projection whose query rows an attention factor scales, the numbers are those of the query rows.
+    """
+
+    name: str
+    init_std: float | None  # None: a constant, kept as built
+    lr_factor: float  # relative to base, as the plan's LR multiplier
+    eps_factor: float
+    wd_factor: float  # the per-step decay lr*wd relative to base (1 under wd_mode="independent")
+    multiplier: float  # the forward multiplier on this tensor's product, folded or not
+    where: str  # "" (none) or "+"-joined places: folded, hook, input, tied readout, attention:scaling, attention:query
+
+
+EFFECTIVE_COLUMNS = ("eff_std", "eff_lr", "eff_eps", "where")
+
+
+def effective_numbers(plan: MupPlan, wd_mode: str = "independent",
+                      eps_mode: str = "scaled") -> dict[str, EffectiveNumbers]:
+    """:class:`EffectiveNumbers` of every tensor of ``plan``, by name."""
+    rules.check_modes(wd_mode, eps_mode)
+    fold_lr = rules.FAMILIES[plan.family].fold_lr
+    out = {}
+    for t in plan:
+        outside, places = _outside_multiplier(plan, t)
+        inside = t.fold * _folded_readout(plan, t)
+        places = (["folded"] if inside != 1.0 else []) + places
+        out[t.name] = EffectiveNumbers(
+            name=t.name,
+            init_std=None if t.init_std is None else t.init_std * outside,
+            lr_factor=t.lr_mult * outside**fold_lr,
+            eps_factor=(t.eps_mult if eps_mode == "scaled" else 1.0) / outside,
+            wd_factor=1.0 if wd_mode == "independent" else t.lr_mult * t.wd_mult,
+            multiplier=inside * outside,
+            where="+".join(places),
+        )
+    return out
+
+
+def _outside_multiplier(plan: MupPlan, t: TensorPlan) -> tuple[float, list[str]]:
+    """The forward multiplier on ``t``'s product that is not in its weights, and where it is installed.
+
+    A tensor's own multiplier (a tied weight's readout, a readout's input) is that of its module's hook, so the
+    output hooks of enclosing modules count only for tensors without one (residual branches).
+    """
+    module = t.name.rpartition(".")[0]
+    if t.multiplier != 1.0:
+        return t.multiplier, ["input" if module in plan.input_multipliers else "tied readout"]
+    value, places = 1.0, []
+    enclosing = [m for m in plan.multipliers if m == "" or module == m or module.startswith(m + ".")]
+    for m in enclosing:
+        value *= plan.multipliers[m]
+        places = ["hook"]
+    for a in plan.attention.values():
+        if a.via != "fold" and a.query == module:
+            value *= a.factor
+            places.append(f"attention:{a.via}")
+    return value, places
+
+
+def _folded_readout(plan: MupPlan, t: TensorPlan) -> float:
+    """The readout's 1/m_w that the rules put into its init and LR (1 where it is a forward multiplier)."""
+    if plan.parametrization == "sp" or t.role != "output" or rules.conventions(plan.conventions).readout != "folded":
+        return 1.0
+    return 1.0 / t.scale.m_in
+
+
+def _effective_cells(t: TensorPlan, e: EffectiveNumbers) -> tuple[str, str, str, str]:
+    """The effective columns; eff_std is shown as init_std is (a factor where the factory's law was not read)."""
+    outside = e.init_std / t.init_std if t.init_std else 1.0
+    std = _init_cell(replace(t, init_std=e.init_std, init_factor=t.init_factor * outside))
+    return std, f"{e.lr_factor:.4g}", f"{e.eps_factor:.4g}", f"{e.where} {e.multiplier:.4g}" if e.where else ""
 
 
 def _tensor_to_dict(t: TensorPlan) -> dict:
