@@ -9,11 +9,12 @@ from .config import from_config, load_config
 from .export import export_standard
 from .diagnostics import check_init, coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
-from .plan import MupPlan, TensorPlan
+from .plan import EffectiveNumbers, MupPlan, TensorPlan
 from .rules import PARAMETRIZATIONS, ROLES
 from .scale_config import scale_config
 
 __all__ = [
+    "EffectiveNumbers",
     "MupFactory",
     "MupPlan",
     "PARAMETRIZATIONS",

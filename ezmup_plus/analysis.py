@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import sympy
+import torch
 from torch import nn
 
 from .attention import AttentionSpec, attention_routes
@@ -31,8 +32,8 @@ from .branches import branches_from_globs, find_branches
 from .inits import RANDOM, InitLaw, checked_laws, draws, init_laws, model_laws, recording, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
-from .trace import ShapeTable, build_on_meta, probe, probe_depth, shape_table
-from .usage import ForwardTrace, Use, trace_forward, width_dependent_numbers
+from .trace import ShapeTable, build_on_meta, probe, probe_depth, shape_table, smallest_width_multiple
+from .usage import ForwardTrace, Use, meta_inputs, trace_forward, width_dependent_numbers
 
 
 @dataclass(frozen=True)
@@ -128,24 +129,68 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
         depth = {} if o.base_depth is None else {o.depth_arg: o.base_depth}
         return {**fixed, **depth, **({} if width is None else {o.width_arg: width})}
 
-    with recording() as recorder:
-        table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels,
-                              width_multiple=o.width_multiple, fixed_kwargs=kwargs(None))
-        deeper = []
-        if o.base_depth is not None:
-            table, deeper = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
-                                        fixed_kwargs=kwargs(table.widths[0]))
-    seen = [draws(m, recorder) for m in (*models, *deeper)]
-    depths = () if o.base_depth is None else tuple(range(o.base_depth, o.base_depth + 3))
-    laws = init_laws(table, seen[:len(models)], depths, [seen[0], *seen[len(models):]] if deeper else ())
-    model_at = _shallowest(factory, table, models, {**kwargs(None), o.depth_arg: 1} if deeper else None, o.width_arg)
-    traces = _traces(model_at, len(models), example_inputs, o.trace)
+    try:
+        with recording() as recorder:
+            table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels,
+                                  width_multiple=o.width_multiple, fixed_kwargs=kwargs(None))
+            deeper = []
+            if o.base_depth is not None:
+                table, deeper = probe_depth(factory, table, models[0], depth_arg=o.depth_arg,
+                                            base_depth=o.base_depth, fixed_kwargs=kwargs(table.widths[0]))
+        seen = [draws(m, recorder) for m in (*models, *deeper)]
+        depths = () if o.base_depth is None else tuple(range(o.base_depth, o.base_depth + 3))
+        laws = init_laws(table, seen[:len(models)], depths, [seen[0], *seen[len(models):]] if deeper else ())
+        model_at = _shallowest(factory, table, models, {**kwargs(None), o.depth_arg: 1} if deeper else None,
+                               o.width_arg)
+        traces = _traces(model_at, len(models), example_inputs, o.trace)
+    except RuntimeError as exc:  # the factory or its forward failed at a sentinel width
+        hint = width_multiple_hint(factory, o, kwargs(None), example_inputs)
+        if hint is None:
+            raise
+        raise RuntimeError(hint) from exc
     numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
     for note in numbers:
         warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
                       "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
     laws, builds = checked_laws(factory, kwargs(o.base_width), laws, table, (o.base_width, o.base_depth))
     return learn(table, model_at(0), traces, o, numbers, laws, builds, example_inputs)
+
+
+def width_multiple_hint(factory: Callable[..., nn.Module], options: AnalysisOptions, kwargs: Mapping[str, Any],
+                        example_inputs: Any) -> str | None:
+    """One line naming the smallest width_multiple at which the factory builds and runs its forward at every sentinel,
+    when divisibility is what stops it (a sentinel width fails, the base width does not); None otherwise.
+
+    An error rather than a silent change of the probes: the user passes the value once, and any target width
+    then has to be a multiple of it too.
+    """
+    o = options
+
+    def failure(width: int) -> Exception | None:
+        try:
+            model = build_on_meta(factory, {**kwargs, o.width_arg: width})
+            if o.trace:
+                model.eval()
+                with torch.no_grad():
+                    model(*meta_inputs(model, example_inputs))
+        except Exception as exc:  # the user's factory and forward: any failure counts
+            return exc
+        return None
+
+    failed = next(((p * o.width_multiple, e) for p in o.sentinels if (e := failure(p * o.width_multiple))), None)
+    if failed is None or failure(o.base_width) is not None:
+        return None
+    multiple = smallest_width_multiple(lambda width: failure(width) is not None, o.sentinels, o.width_multiple)
+    if multiple is None:
+        return None
+    width, exc = failed
+    cause = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the factory's message
+    line = f"the factory fails at the sentinel width {width} ({cause}) but builds and runs at every sentinel with " \
+           f"width_multiple={multiple}"
+    if o.base_width % multiple:
+        return (f"{line}, which does not divide base_width={o.base_width}: choose a base_width that is a multiple of "
+                f"{multiple} and pass width_multiple={multiple} to ezmup_plus.wrap")
+    return f"{line}: pass width_multiple={multiple} to ezmup_plus.wrap"
 
 
 @_noting

@@ -46,6 +46,20 @@ class OutputScale:
         return f"OutputScale({self.scale:g}" + ("" if self.rows is None else f", rows={self.rows}") + ")"
 
 
+class InputScale:
+    """Forward pre-hook multiplying a module's first input by a constant: MuReadout's ``x / width_mult``, so the
+    readout's bias is added after the multiplier, not scaled by it."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.scale, *args[1:])
+
+    def __repr__(self) -> str:
+        return f"InputScale({self.scale:g})"
+
+
 def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
     """Rescale init to the plan's stds, set attention scales, install forward multipliers, attach the plan.
 
@@ -72,6 +86,8 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
             modules[a.query].register_forward_hook(OutputScale(a.factor, (a.start, a.stop)))
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
+    for module_name, scale in plan.input_multipliers.items():
+        modules[module_name].register_forward_pre_hook(InputScale(scale))
     setattr(model, PLAN_ATTR, plan)
     return model
 
@@ -131,7 +147,7 @@ class MupFactory:
     factory is one :class:`~ezmup_plus.analysis.Analysis`, computed once on first use and cached;
     plans and builds are made from it. With ``base_depth``, ``"mup"`` and ``"spectral"`` scale depth as
     CompleteP (branch x m_L^-1) unless ``depth_alpha`` says otherwise; ``"depth_mup"`` is alpha=1/2;
-    ``"sp"`` scales nothing.
+    ``"sp"`` scales nothing. ``conventions="microsoft_mup"`` reproduces microsoft/mup 1.0 (``rules.CONVENTIONS``).
     """
 
     def __init__(
@@ -154,9 +170,11 @@ class MupFactory:
         zero_init: Sequence[str] = (),
         trace: bool = True,
         cache: bool | str | None = None,
+        conventions: str = rules.DEFAULT_CONVENTIONS,
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
+        rules.conventions(conventions)  # validates the name now, not at first use
         if attn_scale not in ATTN_SCALES:
             raise ValueError(f"attn_scale={attn_scale!r} is unknown; choose one of {ATTN_SCALES}")
         rules.depth_alpha(parametrization, depth_alpha)  # validates the exponent now, not at first use
@@ -178,6 +196,7 @@ class MupFactory:
         self.parametrization = parametrization
         self.depth_alpha = depth_alpha
         self.attn_scale = attn_scale
+        self.conventions = conventions
         self.example_inputs = example_inputs
         self.fixed_kwargs = fixed_kwargs
         self.cache = cache
@@ -238,13 +257,13 @@ class MupFactory:
     def __repr__(self) -> str:
         name = getattr(self.factory, "__qualname__", repr(self.factory))
         return (f"MupFactory({name}, base_width={self.base_width}, base_depth={self.base_depth}, "
-                f"parametrization={self.parametrization!r})")
+                f"parametrization={self.parametrization!r}, conventions={self.conventions!r})")
 
 
 @lru_cache(maxsize=64)
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
     return make_plan(f.analysis, width=width, depth=depth, parametrization=f.parametrization, family=family,
-                     depth_alpha=f.depth_alpha, attn_scale=f.attn_scale)
+                     depth_alpha=f.depth_alpha, attn_scale=f.attn_scale, conventions=f.conventions)
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

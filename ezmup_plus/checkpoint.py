@@ -1,4 +1,5 @@
-"""Checkpoints that carry their plan, so a model is never resumed under another width, depth or parametrization."""
+"""Checkpoints that carry their plan, so a model is never resumed under another width, depth, parametrization or
+conventions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .atomic import atomic_write
 from .build import plan_of
 from .plan import MupPlan
 
-CHECKED = ("width", "base_width", "depth", "base_depth", "parametrization", "depth_alpha")
+CHECKED = ("width", "base_width", "depth", "base_depth", "parametrization", "depth_alpha", "conventions")
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -41,7 +42,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                   if getattr(saved, k) != getattr(ours, k)]
     if mismatched:
         raise ValueError(f"checkpoint {path} was trained under another muP plan ({'; '.join(mismatched)}); build the "
-                         "model with the same width, depth and parametrization before loading")
+                         "model with the same width, depth, parametrization and conventions before loading")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:  # same plan numbers, other tensors: another model's checkpoint

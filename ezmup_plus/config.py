@@ -48,6 +48,7 @@ class MupConfig:
     attn_scale: str = "auto"  # auto | 1/d | 1/sqrt(d)
     zero_init: list = field(default_factory=list)  # readout, query
     trace: bool = True  # false: roles from layer types only, for a forward that cannot run on meta tensors
+    conventions: str = "ezmup_plus"  # ezmup_plus | microsoft_mup (rules.CONVENTIONS)
 
 
 @dataclass
@@ -229,7 +230,7 @@ def build_factory(cfg: Config):
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
                 branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, trace=mup.trace,
-                **m.kwargs)
+                conventions=mup.conventions, **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -1,10 +1,11 @@
 """Plain checkpoints out: fold a muP model's forward multipliers into its weights.
 
 A muP model computes the plain factory's function with a few extra multipliers: output hooks
-(residual branches without a weight of their own, a tied readout's 1/m_w) and the attention logit
-factor (through a ``scaling`` attribute or the query rows). Each is linear in the weight and bias
-of the module it multiplies, so it folds into them exactly; the result loads into the plain factory
-at the same width and depth, for inference or for fine-tuning in standard parametrization.
+(residual branches without a weight of their own, a tied readout's 1/m_w), input hooks (a readout
+in MuReadout's form) and the attention logit factor (through a ``scaling`` attribute or the query
+rows). Each is linear in the weight (and bias) of the module it multiplies, so it folds into them
+exactly; the result loads into the plain factory at the same width and depth, for inference or for
+fine-tuning in standard parametrization.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def export_standard(model: nn.Module) -> dict[str, torch.Tensor]:
         problem = _fold(state, name, modules.get(name), scale, rows, shared)
         if problem:
             problems.append(problem)
+    for name, scale in plan.input_multipliers.items():  # a multiplier on the input goes into the weight alone
+        problem = _fold_input(state, name, scale, shared)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ValueError("export_standard cannot fold every muP multiplier exactly:\n  " + "\n  ".join(problems))
     return state
@@ -72,6 +77,16 @@ def _fold(state: dict[str, torch.Tensor], name: str, module: nn.Module | None, s
         d = dim if tensor.dim() > 1 else 0
         start, stop = rows if rows is not None else (0, tensor.shape[d])
         tensor.narrow(d, start, stop - start).mul_(scale)
+    return None
+
+
+def _fold_input(state: dict[str, torch.Tensor], name: str, scale: float, shared: dict[str, list[str]]) -> str | None:
+    """Multiply ``name.weight`` by ``scale`` in ``state`` (its bias is added after the input multiplier)."""
+    weight = f"{name}.weight" if name else "weight"
+    if shared.get(weight):
+        return (f"{weight} is the same tensor as {', '.join(shared[weight])} (tied): folding the {scale:.4g} input "
+                f"multiplier of {name} into it would change that use too")
+    state[weight].mul_(scale)
     return None
 
 

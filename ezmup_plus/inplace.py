@@ -16,6 +16,7 @@ from torch import nn
 from .analysis import Analysis, AnalysisOptions, analyse_model
 from .build import PLAN_ATTR, apply_plan
 from .plan import MupPlan, make_plan
+from .rules import DEFAULT_CONVENTIONS
 from .shapes import WIDTH
 from .usage import SCALE_ATTR
 
@@ -23,7 +24,8 @@ WIDTH_ATTRS_HINT = "use ezmup_plus.wrap(make_model, base_width=...) instead, whi
 
 
 def rescale_in_place(
-    model: nn.Module, width: int, *, sentinel: int = 47, base_width: int | None = None, parametrization: str = "mup"
+    model: nn.Module, width: int, *, sentinel: int = 47, base_width: int | None = None, parametrization: str = "mup",
+    conventions: str = DEFAULT_CONVENTIONS,
 ) -> MupPlan:
     """Re-create every width-scaled parameter of ``model`` (built at ``sentinel``) at ``width``, muP init applied.
 
@@ -34,7 +36,7 @@ def rescale_in_place(
                                                     sentinels=(sentinel,), source="model"))
     scales = _attention_scales(model, analysis, width)
     _refuse_unsure(model, sentinel, set(scales))
-    plan = make_plan(analysis, width=width, parametrization=parametrization)
+    plan = make_plan(analysis, width=width, parametrization=parametrization, conventions=conventions)
     _resize(model, analysis, plan, sentinel)
     for name, value in scales.items():
         setattr(model.get_submodule(name), SCALE_ATTR, value)

@@ -18,7 +18,7 @@ from .build import find_plan, planned_module
 from .hybrid import MuonHybrid
 from .inplace import rescale_in_place
 from .plan import MupPlan
-from .rules import FAMILIES, check_family
+from .rules import DEFAULT_CONVENTIONS, FAMILIES, check_family, check_modes
 
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], str]] = {
     "adam": (torch.optim.Adam, "adam"),
@@ -33,7 +33,6 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], str]] = {
 }
 """Optimizer name -> (class, rules family). Extend with :func:`register_optimizer`."""
 
-WD_MODES = ("independent", "coupled")
 MUON_ADJUST_LR = {"orthogonal": "original", "orthogonal_rms": "match_rms_adamw"}
 """torch.optim.Muon's own per-shape LR adjustment that each orthogonal family's rules assume."""
 
@@ -78,21 +77,21 @@ def get_mup_optimizer(
     depth: int | None = None,
     wd_mode: str = "independent",
     eps_mode: str = "scaled",
+    conventions: str | None = None,
     **opt_kwargs: Any,
 ) -> torch.optim.Optimizer:
     """An optimizer with muP per-tensor learning rates, weight decay and eps.
 
     ``wd_mode="independent"`` keeps the per-step decay lr*wd of every tensor equal to the base
     model's, so weight decay transfers; ``"coupled"`` is PyTorch's lr*wd with the LR multiplier in it.
-    ``eps_mode="scaled"`` scales Adam's eps with the gradient size, ``"fixed"`` leaves it alone.
+    ``eps_mode="scaled"`` uses the plan's eps multipliers, ``"fixed"`` leaves the optimizer's eps alone.
+    ``conventions`` (``rules.CONVENTIONS``, e.g. ``"microsoft_mup"``) is the plan's for a model built by ``wrap``
+    (given, it must match), and chooses the plan of a model rescaled here (default ``"ezmup_plus"``).
     ``optimizer="muon"`` (or ``"muon_rms"``) gives Muon on hidden matrices and AdamW elsewhere, as one optimizer.
     """
     cls, family = resolve_optimizer(optimizer)
-    if wd_mode not in WD_MODES:
-        raise ValueError(f"wd_mode={wd_mode!r} is unknown; choose one of {WD_MODES}")
-    if eps_mode not in ("scaled", "fixed"):
-        raise ValueError(f"eps_mode={eps_mode!r} is unknown; choose 'scaled' or 'fixed'")
-    plan = _plan_for(model, width, depth)
+    check_modes(wd_mode, eps_mode)
+    plan = _plan_for(model, width, depth, conventions)
     model = planned_module(model)  # DDP and torch.compile wrappers rename parameters; the plan uses the inner names
     settings = dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode, eps_mode=eps_mode)
     if cls is MuonHybrid:
@@ -110,12 +109,13 @@ def get_mup_optimizer(
     return cls(groups, lr=lr, weight_decay=weight_decay, **opt_kwargs)
 
 
-def _plan_for(model: nn.Module, width: int | None, depth: int | None) -> MupPlan:
+def _plan_for(model: nn.Module, width: int | None, depth: int | None, conventions: str | None) -> MupPlan:
     plan = find_plan(model)
     if plan is not None:
-        for name, asked, built in (("width", width, plan.width), ("depth", depth, plan.depth)):
+        for name, asked, built in (("width", width, plan.width), ("depth", depth, plan.depth),
+                                   ("conventions", conventions, plan.conventions)):
             if asked is not None and asked != built:
-                raise ValueError(f"the model already carries a plan for {name} {built}; got {name}={asked}")
+                raise ValueError(f"the model already carries a plan for {name} {built}; got {name}={asked!r}")
         return plan
     if depth is not None:
         raise ValueError("depth cannot be changed in place (it would add blocks): build the model with "
@@ -126,7 +126,7 @@ def _plan_for(model: nn.Module, width: int | None, depth: int | None) -> MupPlan
             "ezmup_plus.wrap(factory, base_width=...)(width=...), or build it at the sentinel width (47) and pass "
             "width=... here. ezmup_plus never silently falls back to standard parametrization"
         )
-    return rescale_in_place(model, width)
+    return rescale_in_place(model, width, conventions=conventions or DEFAULT_CONVENTIONS)
 
 
 def param_groups(

@@ -71,6 +71,8 @@ class MupPlan:
     depth: int | None = None
     base_depth: int | None = None
     depth_alpha: float | None = None
+    conventions: str = rules.DEFAULT_CONVENTIONS  # a name in rules.CONVENTIONS
+    input_multipliers: dict[str, float] = field(default_factory=dict)  # module name -> multiplier on its input
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -86,18 +88,28 @@ class MupPlan:
         if family == self.family:
             return self
         tensors = {}
+        conv = rules.conventions(self.conventions)
         for name, t in self.tensors.items():
-            s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha), t.fold)
+            s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha, conv), t.fold)
             tensors[name] = replace(t, lr_mult=s.lr, wd_mult=s.wd, eps_mult=s.eps)
         return replace(self, family=family, tensors=tensors)
+
+    def effective(self, wd_mode: str = "independent", eps_mode: str = "scaled") -> dict[str, EffectiveNumbers]:
+        """Per tensor, the numbers the trained function sees (see :class:`EffectiveNumbers`), with the
+        optimizer's ``wd_mode`` and ``eps_mode`` (``get_mup_optimizer``'s defaults unless told)."""
+        return effective_numbers(self, wd_mode, eps_mode)
 
     def __str__(self) -> str:
         head = (f"MupPlan: {self.parametrization}, family {self.family}, width {self.width} "
                 f"(base {self.base_width})")
         if self.depth is not None:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
-        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult")
+        if self.conventions != rules.DEFAULT_CONVENTIONS:
+            head += f", conventions {self.conventions}"
+        columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult",
+                   *EFFECTIVE_COLUMNS)
         rows = [columns]
+        effective = self.effective()
         for t in self:
             rows.append((
                 t.name,
@@ -111,10 +123,12 @@ class MupPlan:
                 f"{t.wd_mult:.4g}",
                 f"{t.eps_mult:.4g}",
                 f"{t.multiplier:.4g}",
+                *_effective_cells(t, effective[t.name]),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        lines += [f"forward multiplier on the input of {m}: {v:.4g}" for m, v in self.input_multipliers.items()]
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
                "query": lambda a: f"rows {a.start}:{a.stop} of {a.query}"}
         lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
@@ -122,9 +136,15 @@ class MupPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """Plain types only (sympy shapes as strings), for YAML/JSON."""
+        """Plain types only (sympy shapes as strings), for YAML/JSON. The conventions and input multipliers appear
+        only where they are not the defaults, so a plan under the default conventions reads as it always did."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
+        for name, default in (("conventions", rules.DEFAULT_CONVENTIONS), ("input_multipliers", {})):
+            if out[name] == default:
+                del out[name]
         out["multipliers"] = dict(self.multipliers)
+        if self.input_multipliers:
+            out["input_multipliers"] = dict(self.input_multipliers)
         out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
@@ -142,6 +162,85 @@ class MupPlan:
     @classmethod
     def from_yaml(cls, text: str) -> MupPlan:
         return cls.from_dict(yaml.safe_load(text))
+
+
+@dataclass(frozen=True)
+class EffectiveNumbers:
+    """One tensor's numbers as the trained function sees them, wherever its forward multiplier A lives.
+
+    A multiplier outside the weights acts as if folded into them (``rules.fold``): the effective init std is
+    A x init std, the LR factor lr x A**fold_lr (A for Adam-like optimizers, A^2 for SGD), the eps factor eps / A.
+    So MuReadout's 1/width_mult in the forward and the same factor folded into init and LR give equal numbers.
+    For a fused projection whose query rows an attention factor scales, the numbers are those of the query rows.
+    """
+
+    name: str
+    init_std: float | None  # None: a constant, kept as built
+    lr_factor: float  # relative to base, as the plan's LR multiplier
+    eps_factor: float
+    wd_factor: float  # the per-step decay lr*wd relative to base (1 under wd_mode="independent")
+    multiplier: float  # the forward multiplier on this tensor's product, folded or not
+    where: str  # "" (none) or "+"-joined places: folded, hook, input, tied readout, attention:scaling, attention:query
+
+
+EFFECTIVE_COLUMNS = ("eff_std", "eff_lr", "eff_eps", "where")
+
+
+def effective_numbers(plan: MupPlan, wd_mode: str = "independent",
+                      eps_mode: str = "scaled") -> dict[str, EffectiveNumbers]:
+    """:class:`EffectiveNumbers` of every tensor of ``plan``, by name."""
+    rules.check_modes(wd_mode, eps_mode)
+    fold_lr = rules.FAMILIES[plan.family].fold_lr
+    out = {}
+    for t in plan:
+        outside, places = _outside_multiplier(plan, t)
+        inside = t.fold * _folded_readout(plan, t)
+        places = (["folded"] if inside != 1.0 else []) + places
+        out[t.name] = EffectiveNumbers(
+            name=t.name,
+            init_std=None if t.init_std is None else t.init_std * outside,
+            lr_factor=t.lr_mult * outside**fold_lr,
+            eps_factor=(t.eps_mult if eps_mode == "scaled" else 1.0) / outside,
+            wd_factor=1.0 if wd_mode == "independent" else t.lr_mult * t.wd_mult,
+            multiplier=inside * outside,
+            where="+".join(places),
+        )
+    return out
+
+
+def _outside_multiplier(plan: MupPlan, t: TensorPlan) -> tuple[float, list[str]]:
+    """The forward multiplier on ``t``'s product that is not in its weights, and where it is installed.
+
+    A tensor's own multiplier (a tied weight's readout, a readout's input) is that of its module's hook, so the
+    output hooks of enclosing modules count only for tensors without one (residual branches).
+    """
+    module = t.name.rpartition(".")[0]
+    if t.multiplier != 1.0:
+        return t.multiplier, ["input" if module in plan.input_multipliers else "tied readout"]
+    value, places = 1.0, []
+    enclosing = [m for m in plan.multipliers if m == "" or module == m or module.startswith(m + ".")]
+    for m in enclosing:
+        value *= plan.multipliers[m]
+        places = ["hook"]
+    for a in plan.attention.values():
+        if a.via != "fold" and a.query == module:
+            value *= a.factor
+            places.append(f"attention:{a.via}")
+    return value, places
+
+
+def _folded_readout(plan: MupPlan, t: TensorPlan) -> float:
+    """The readout's 1/m_w that the rules put into its init and LR (1 where it is a forward multiplier)."""
+    if plan.parametrization == "sp" or t.role != "output" or rules.conventions(plan.conventions).readout != "folded":
+        return 1.0
+    return 1.0 / t.scale.m_in
+
+
+def _effective_cells(t: TensorPlan, e: EffectiveNumbers) -> tuple[str, str, str, str]:
+    """The effective columns; eff_std is shown as init_std is (a factor where the factory's law was not read)."""
+    outside = e.init_std / t.init_std if t.init_std else 1.0
+    std = _init_cell(replace(t, init_std=e.init_std, init_factor=t.init_factor * outside))
+    return std, f"{e.lr_factor:.4g}", f"{e.eps_factor:.4g}", f"{e.where} {e.multiplier:.4g}" if e.where else ""
 
 
 def _tensor_to_dict(t: TensorPlan) -> dict:
@@ -173,16 +272,20 @@ def make_plan(
     family: str = "adam",
     depth_alpha: float | None = None,
     attn_scale: str = "auto",
+    conventions: str = rules.DEFAULT_CONVENTIONS,
 ) -> MupPlan:
     """The per-tensor numbers of ``analysis`` at one target: shapes, roles, rules and the factory's base init.
 
     Residual branches get m_L^-alpha, folded into init and LR or as a forward hook; attention whose
     head dim grows gets sqrt(d_base/d) on its logits (unless SP or ``attn_scale="1/sqrt(d)"``);
-    zero-init targets start at zero. Pure: nothing is traced or built.
+    zero-init targets start at zero; ``conventions`` (``rules.CONVENTIONS``) chooses eps, the readout's
+    form, the tied init and what ``attn_scale="auto"`` means. Pure: nothing is traced or built.
     """
     rules.check_parametrization(parametrization)
+    conv = rules.conventions(conventions)
     table, roles, base_width = analysis.table, analysis.roles, analysis.options.base_width
-    attention = {} if parametrization == "sp" or attn_scale == "1/sqrt(d)" else analysis.attention
+    keeps_logits = attn_scale == "1/sqrt(d)" or (attn_scale == "auto" and conv.attention == "model")
+    attention = {} if parametrization == "sp" or keeps_logits else analysis.attention
     for template, spec in attention.items():
         if spec.via == "none":
             raise unroutable_error(module_names(table, template, table.depth)[0], spec.head_dim)
@@ -198,6 +301,7 @@ def make_plan(
                    for template, spec in attention.items() if spec.via == "fold"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
+    input_multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
         p, role, template = table.params[base_name], roles[base_name], table.template(name)
         shape = tuple(evaluate(d, width, what=name) for d in p.dims)
@@ -212,16 +316,19 @@ def make_plan(
             fan_in=fan_in_now,
             fan_out=fan_out_now,
         )
-        s = rules.scaling(parametrization, family, scale, alpha)
+        s = rules.scaling(parametrization, family, scale, alpha, conv)
         module = template.rpartition(".")[0]
         fold = (branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
         if fold != 1.0:
             s = rules.fold(family, s, fold)
-        multiplier = 1.0
+        multiplier = rules.readout_multiplier(parametrization, scale, conv)
+        if multiplier != 1.0:  # MuReadout's form: 1/m_w on the readout's input, its bias added after
+            input_multipliers[name.rpartition(".")[0]] = multiplier
         if role.tied_readout is not None and parametrization != "sp" and role.role == "input":
-            # TP5 Table 8: a tied readout keeps the embedding's init and LR; its logits get 1/m_w
+            # TP5 Table 8: a tied readout keeps the embedding's init (x m_w**tied_init) and LR; its logits get 1/m_w
             multiplier = 1.0 / scale.m_out
             multipliers[role.tied_readout] = multiplier
+            s = replace(s, init=s.init * scale.m_out**conv.tied_init)
         law = analysis.inits[template]
         # muP's init is relative to the factory's at base; SP is the factory's own draw at the target
         reference = (law.std(*base) if parametrization != "sp" else law.std(width, depth)) if law.kind in RANDOM \
@@ -261,7 +368,8 @@ def make_plan(
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
             logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
     return MupPlan(width, base_width, parametrization, family, tensors,
-                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
+                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
+                   conventions, input_multipliers)
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:

@@ -4,7 +4,8 @@ Pure functions of plain numbers, no torch. ``m_in``/``m_out`` are a tensor's fan
 target divided by those at the base width (both are m_w = width/base_width for a plain hidden
 matrix); ``m_depth`` is depth/base_depth for tensors inside the repeated block stack.
 References: Tensor Programs V Tables 3 and 8 (width), the spectral condition (Yang, Simon,
-Bernstein 2023), depth-muP (TP VI, alpha=1/2) and CompleteP (alpha=1).
+Bernstein 2023), depth-muP (TP VI, alpha=1/2) and CompleteP (alpha=1). Where implementations that
+agree on muP differ in bookkeeping (eps, the readout's form, a tied init), :data:`CONVENTIONS` names the choices.
 """
 
 from __future__ import annotations
@@ -54,6 +55,41 @@ FAMILIES: dict[str, Family] = {
 
 
 @dataclass(frozen=True)
+class Conventions:
+    """Choices on which muP implementations that agree on the theory differ (README, "Conventions").
+
+    ``eps``: "scaled" (Adam's eps follows the gradient's size) or "fixed" (the optimizer's eps on every tensor as
+    the model computes it; a multiplier ezmup_plus folds still moves eps with it, so the fold stays exact).
+    ``readout``: "folded" (the readout's 1/m_w is in its init and LR) or "input" (a forward multiplier on the
+    readout's input, as ``MuReadout`` computes ``output_mult * x / width_mult``).
+    ``tied_init``: a tied embedding's init x m_w**tied_init (``set_base_shapes`` rescales a ``MuSharedReadout``'s
+    weight by sqrt(width_mult) like any ``MuReadout``).
+    ``attention``: what ``attn_scale="auto"`` means: "1/d" (sqrt(d_base/d) on the model's logits) or "model" (the
+    model's own scale: with microsoft/mup the user writes 1/d in the model).
+    """
+
+    eps: str = "scaled"
+    readout: str = "folded"
+    tied_init: float = 0.0
+    attention: str = "1/d"
+
+
+DEFAULT_CONVENTIONS = "ezmup_plus"
+CONVENTIONS: dict[str, Conventions] = {
+    DEFAULT_CONVENTIONS: Conventions(),
+    # microsoft/mup 1.0: MuReadout, MuSharedReadout, set_base_shapes(rescale_params=True), MuAdam/MuAdamW/MuSGD
+    "microsoft_mup": Conventions(eps="fixed", readout="input", tied_init=0.5, attention="model"),
+}
+
+
+def conventions(name: str) -> Conventions:
+    """The conventions called ``name``; an unknown name is an error listing the choices."""
+    if name not in CONVENTIONS:
+        raise ValueError(f"conventions={name!r} is unknown; choose one of {tuple(CONVENTIONS)}")
+    return CONVENTIONS[name]
+
+
+@dataclass(frozen=True)
 class TensorScale:
     """What the rules need to know about one tensor at one target (width, depth)."""
 
@@ -78,6 +114,18 @@ class Scaling:
     wd: float = 1.0
     eps: float = 1.0
     init_std: float | None = None
+
+
+WD_MODES = ("independent", "coupled")
+EPS_MODES = ("scaled", "fixed")
+
+
+def check_modes(wd_mode: str, eps_mode: str) -> None:
+    """The optimizer's weight-decay and eps modes (``get_mup_optimizer``)."""
+    if wd_mode not in WD_MODES:
+        raise ValueError(f"wd_mode={wd_mode!r} is unknown; choose one of {WD_MODES}")
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"eps_mode={eps_mode!r} is unknown; choose 'scaled' or 'fixed'")
 
 
 def check_parametrization(parametrization: str) -> None:
@@ -128,8 +176,10 @@ def depth_scaling(family: str, t: TensorScale, alpha: float) -> Scaling:
                    eps=t.m_depth ** (f.depth_eps[0] + f.depth_eps[1] * alpha))
 
 
-def scaling(parametrization: str, family: str, t: TensorScale, alpha: float | None = None) -> Scaling:
-    """All factors for one tensor; SP leaves everything at 1."""
+def scaling(parametrization: str, family: str, t: TensorScale, alpha: float | None = None,
+            conv: Conventions = CONVENTIONS[DEFAULT_CONVENTIONS]) -> Scaling:
+    """All factors for one tensor, in the form ``conv`` computes it (see :func:`readout_multiplier`); SP leaves
+    everything at 1."""
     if t.role not in ROLES:
         raise ValueError(f"role {t.role!r} is unknown; choose one of {ROLES}")
     check_parametrization(parametrization)
@@ -143,7 +193,19 @@ def scaling(parametrization: str, family: str, t: TensorScale, alpha: float | No
         s = replace(s, lr=s.lr * d.lr, eps=s.eps * d.eps)
     if parametrization == "spectral" and t.role in ("input", "hidden", "output"):
         s = replace(s, init_std=spectral_std(t.fan_in, t.fan_out))
+    if conv.eps == "fixed":
+        s = replace(s, eps=1.0)
+    multiplier = readout_multiplier(parametrization, t, conv)
+    if multiplier != 1.0:  # the 1/m_w moved out of init and LR into the forward; eps stays the optimizer's
+        s = replace(fold(family, s, 1.0 / multiplier), eps=s.eps)
     return s
+
+
+def readout_multiplier(parametrization: str, t: TensorScale, conv: Conventions) -> float:
+    """The forward multiplier on a readout's input under ``conv`` (MuReadout's 1/width_mult); 1 where folded."""
+    if parametrization == "sp" or conv.readout == "folded" or t.role != "output":
+        return 1.0
+    return 1.0 / t.m_in
 
 
 def spectral_std(fan_in: int, fan_out: int) -> float:

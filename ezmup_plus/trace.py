@@ -154,6 +154,15 @@ def probe(
     return replace(table, collisions=collisions), models
 
 
+def smallest_width_multiple(fails: Callable[[int], bool], sentinels: tuple[int, ...], width_multiple: int = 1,
+                            most: int = 256) -> int | None:
+    """The smallest multiple of ``width_multiple`` above it (up to ``most``) at which no sentinel width fails."""
+    for multiple in range(2 * width_multiple, most + 1, width_multiple):
+        if not any(fails(p * multiple) for p in sentinels):
+            return multiple
+    return None
+
+
 def shape_table(models: list[nn.Module], widths: tuple[int, ...]) -> ShapeTable:
     """Every dim of the same model built at ``widths``, fitted in ``w`` (one width: read as a sentinel multiple)."""
     layouts = [parameter_layout(model) for model in models]

@@ -191,3 +191,11 @@ def test_trace_key_turns_the_meta_forward_off(tmp_path):
     with pytest.warns(UserWarning, match="trace=False: roles come from layer types"):
         model, _, _ = from_config(path)
     assert ezp.plan_of(model)["hidden.1.weight"].source == "convention"
+
+
+def test_conventions_from_yaml(tmp_path):
+    model, opt, _ = from_config(write(tmp_path, "c.yaml", BASE), overrides=["mup.conventions=microsoft_mup"])
+    assert ezp.plan_of(model).conventions == "microsoft_mup"
+    assert {g["eps"] for g in opt.param_groups} == {1e-8}
+    with pytest.raises(ValueError, match=r"conventions='mup' is unknown; choose one of"):
+        from_config(write(tmp_path, "d.yaml", BASE), overrides=["mup.conventions=mup"])

@@ -92,3 +92,20 @@ def test_bad_names_are_errors():
         rules.scaling("mup", "adamw", hidden(2))
     with pytest.raises(ValueError, match="role 'embedding' is unknown"):
         rules.scaling("mup", "adam", TensorScale("embedding"))
+
+
+@pytest.mark.parametrize("m", [4.0, 16.0])
+def test_microsoft_mup_conventions(m):
+    """MuAdam / MuSGD: eps fixed; the readout in MuReadout's form (init x1, Adam LR x1, SGD LR x m_w, 1/m_w on its
+    input); the other roles as in the default conventions."""
+    conv = rules.CONVENTIONS["microsoft_mup"]
+    readout = TensorScale("output", m_in=m, m_out=1)
+    assert rules.scaling("mup", "adam", readout, conv=conv) == Scaling(init=1.0, lr=1.0, eps=1.0)
+    assert rules.scaling("mup", "sgd", readout, conv=conv).lr == pytest.approx(m)
+    assert rules.readout_multiplier("mup", readout, conv) == 1 / m
+    assert rules.readout_multiplier("sp", readout, conv) == rules.readout_multiplier("mup", hidden(m), conv) == 1.0
+    assert rules.scaling("mup", "adam", hidden(m), conv=conv) == Scaling(init=m**-0.5, lr=1 / m, eps=1.0)
+    block = TensorScale("hidden", m_in=m, m_out=m, m_depth=2.0, in_block=True)
+    assert rules.fold("adam", rules.scaling("completep", "adam", block, conv=conv), 0.5).eps == 2.0  # folds stay exact
+    with pytest.raises(ValueError, match=r"conventions='mup' is unknown; choose one of \('ezmup_plus', 'micro"):
+        rules.conventions("mup")
