@@ -20,7 +20,7 @@ import json
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import sympy
@@ -125,24 +125,16 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
     """Probe ``factory`` at the sentinel primes (times ``width_multiple``) and learn everything from those builds."""
     o, fixed = options, dict(fixed_kwargs or {})
 
-    def kwargs(width: int | None) -> dict[str, Any]:
-        depth = {} if o.base_depth is None else {o.depth_arg: o.base_depth}
-        return {**fixed, **depth, **({} if width is None else {o.width_arg: width})}
+    def kwargs(width: int | None, depth: int | None = o.base_depth) -> dict[str, Any]:
+        return {**fixed, **({} if depth is None else {o.depth_arg: depth}),
+                **({} if width is None else {o.width_arg: width})}
 
     try:
-        with recording() as recorder:
-            table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels,
-                                  width_multiple=o.width_multiple, fixed_kwargs=kwargs(None))
-            deeper = []
-            if o.base_depth is not None:
-                table, deeper = probe_depth(factory, table, models[0], depth_arg=o.depth_arg,
-                                            base_depth=o.base_depth, fixed_kwargs=kwargs(table.widths[0]))
-        seen = [draws(m, recorder) for m in (*models, *deeper)]
-        depths = () if o.base_depth is None else tuple(range(o.base_depth, o.base_depth + 3))
-        laws = init_laws(table, seen[:len(models)], depths, [seen[0], *seen[len(models):]] if deeper else ())
-        model_at = _shallowest(factory, table, models, {**kwargs(None), o.depth_arg: 1} if deeper else None,
-                               o.width_arg)
-        traces = _traces(model_at, len(models), example_inputs, o.trace)
+        table, models, seen, first_depth = _probes(factory, o, kwargs)
+        depths = () if first_depth is None else tuple(range(first_depth, first_depth + 3))
+        width_draws, depth_draws = seen[:len(o.sentinels)], [seen[0], *seen[len(o.sentinels):]] if depths else ()
+        laws = init_laws(table, width_draws, depths, depth_draws)
+        traces = _traces(models, example_inputs, o.trace)
     except RuntimeError as exc:  # the factory or its forward failed at a sentinel width
         hint = width_multiple_hint(factory, o, kwargs(None), example_inputs)
         if hint is None:
@@ -152,8 +144,41 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
     for note in numbers:
         warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
                       "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
-    laws, builds = checked_laws(factory, kwargs(o.base_width), laws, table, (o.base_width, o.base_depth))
-    return learn(table, model_at(0), traces, o, numbers, laws, builds, example_inputs)
+    checks = dict.fromkeys([(_check_width(o), first_depth), (o.base_width, o.base_depth)])
+    laws, builds = checked_laws(factory, laws, table, [(kwargs(w, d), (w, d)) for w, d in checks])
+    return learn(table, models[0], traces, o, numbers, laws, builds, example_inputs)
+
+
+def _probes(factory: Callable[..., nn.Module], o: AnalysisOptions, kwargs: Callable[..., dict]):
+    """(shape table, meta models at the probe widths, each probe build's init draws, the first probe depth).
+
+    In depth, the factory is probed at depths 1, 2, 3 where it builds there (every block of a stack is used
+    and drawn as its first, so one block tells what all of them would, for a fraction of the cost of the base
+    depth); else at the base depth and the two after it.
+    """
+    if o.base_depth not in (None, 1):
+        try:
+            return _probes_from(factory, o, kwargs, 1)
+        except Exception:  # the user's factory may refuse one block: probe at the base depth instead
+            pass
+    return _probes_from(factory, o, kwargs, o.base_depth)
+
+
+def _probes_from(factory: Callable[..., nn.Module], o: AnalysisOptions, kwargs: Callable[..., dict],
+                 first_depth: int | None):
+    with recording() as recorder:
+        table, models = probe(factory, width_arg=o.width_arg, sentinels=o.sentinels, width_multiple=o.width_multiple,
+                              fixed_kwargs=kwargs(None, first_depth))
+        deeper = []
+        if first_depth is not None:
+            table, deeper = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
+                                        first_depth=first_depth, fixed_kwargs=kwargs(table.widths[0], first_depth))
+    return table, models, [draws(m, recorder) for m in (*models, *deeper)], first_depth
+
+
+def _check_width(o: AnalysisOptions) -> int:
+    """The smallest width the factory must build (a multiple of width_multiple) with some 32 entries per row."""
+    return min(o.base_width, o.width_multiple * -(-32 // o.width_multiple))
 
 
 def width_multiple_hint(factory: Callable[..., nn.Module], options: AnalysisOptions, kwargs: Mapping[str, Any],
@@ -204,7 +229,7 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
                          f"{options.sentinels[0]}: build the model at width={options.sentinels[0]} before passing "
                          "width=... to get_mup_optimizer")
     try:
-        traces = _traces(lambda i: meta, 1, None, options.trace)
+        traces = _traces([meta], None, options.trace)
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
@@ -216,11 +241,10 @@ def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrac
           example_inputs: Any) -> Analysis:
     """The stages after the probes, the same for both front doors: roles, branches, attention, zero-init.
 
-    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced), on ``meta_model`` (the first probe's build, or
-    its shallowest twin) and the like at the other widths;
+    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
     ``inits`` are the init laws by parameter template, checked on ``init_builds`` seeded builds.
     """
-    uses = _uses_at_base(table, traces[0].uses) if traces else None
+    uses = traces[0].uses if traces else None
     roles = classify(table, options.roles, uses)
     branches = _branches(meta_model, table, options.branches, example_inputs)
     drawn = {t for t, law in inits.items() if law.kind in (*RANDOM, "unread")}
@@ -229,8 +253,7 @@ def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrac
     return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, inits, init_builds)
 
 
-def _traces(model_at: Callable[[int], nn.Module], probes: int, example_inputs: Any,
-            enabled: bool) -> list[ForwardTrace]:
+def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:
     """Parameter uses and attention from a meta forward at each probe width ([] when not traced).
 
     Uses are the same at every width, so they are followed once; a second width shows which numbers
@@ -240,50 +263,10 @@ def _traces(model_at: Callable[[int], nn.Module], probes: int, example_inputs: A
         warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
                       "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=4)
         return []
-    traces = [trace_forward(model_at(0), example_inputs)]
-    for i in range(1, probes if traces[0].attention else min(2, probes)):
-        traces.append(trace_forward(model_at(i), example_inputs, follow_params=False))
+    traces = [trace_forward(models[0], example_inputs)]
+    for model in models[1:] if traces[0].attention else models[1:2]:
+        traces.append(trace_forward(model, example_inputs, follow_params=False))
     return traces
-
-
-def _shallowest(factory: Callable[..., nn.Module], table: ShapeTable, models: Sequence[nn.Module],
-                kwargs: dict[str, Any] | None, width_arg: str) -> Callable[[int], nn.Module]:
-    """The probe build to trace at each width: with one block per stack where the factory builds at depth 1.
-
-    Every block of a stack is used as its first is, so a forward through one block tells what one through all
-    of them would, for a fraction of the time; where depth 1 does not build, the base-depth probes are used.
-    """
-    if kwargs is None or not all(s.count(1) >= 1 for s in table.stacks):
-        return models.__getitem__
-    built: dict[int, nn.Module] = {}
-
-    def model_at(i: int) -> nn.Module:
-        if i not in built:
-            try:
-                built[i] = build_on_meta(factory, {**kwargs, width_arg: table.widths[i]})
-            except Exception:  # the user's factory may want more than one block: trace the probes as built
-                built[i] = models[i]
-        return built[i]
-    return model_at
-
-
-def _uses_at_base(table: ShapeTable, uses: Mapping[str, tuple[Use, ...]]) -> dict[str, tuple[Use, ...]]:
-    """Traced uses for every parameter at the base depth: a block traced once speaks for its whole stack."""
-    found = {}
-    for name in table.params:
-        where = table.stack_of(name)
-        if name in uses or where is None:
-            if name in uses:
-                found[name] = uses[name]
-            continue
-        stack, index = where
-        twin = stack.block(0) + name[len(stack.block(index)):]
-        if twin in uses:
-            rename = lambda m: m if m is None or not m.startswith(stack.block(0)) else (  # noqa: E731
-                stack.block(index) + m[len(stack.block(0)):])
-            found[name] = tuple(replace(u, module=rename(u.module), returned_by=rename(u.returned_by))
-                                for u in uses[twin])
-    return found
 
 
 def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, example_inputs: Any) -> dict[str, str]:
@@ -312,6 +295,12 @@ def plain(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _expression(text: str) -> sympy.Expr:
+    """A dim read back: the same few expressions (w, 4*w, 65) recur in every block."""
+    return sympy.sympify(text, locals={"w": WIDTH})
+
+
 def _typed(hint: Any, data: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
@@ -322,7 +311,7 @@ def _typed(hint: Any, data: Any) -> Any:
         hints = typing.get_type_hints(hint)
         return hint(**{k: _typed(hints[k], v) for k, v in data.items()})
     if hint is sympy.Expr:
-        return sympy.sympify(data, locals={"w": WIDTH})
+        return _expression(data)
     if origin is tuple:
         items = args[:1] * len(data) if len(args) == 2 and args[1] is Ellipsis else args
         return tuple(_typed(a, v) for a, v in zip(items, data))

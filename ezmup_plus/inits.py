@@ -374,38 +374,54 @@ def _fits(xs: Sequence[int], ys: Sequence[float]) -> bool:
 
 # --- the check against real draws, and what is measured instead ------------------------------
 
-def checked_laws(factory: Callable[..., nn.Module], kwargs: Mapping, laws: Mapping[str, InitLaw], table: ShapeTable,
-                 at: tuple[int, int | None]) -> tuple[dict[str, InitLaw], int]:
-    """Each law against a seeded CPU build at ``at`` = (base width, base depth): a law the draw refutes is
-    "unread"; unread laws get a base std measured on pooled builds. Also returns how many builds that took.
+def checked_laws(factory: Callable[..., nn.Module], laws: Mapping[str, InitLaw], table: ShapeTable,
+                 builds: Sequence[tuple[Mapping, tuple[int, int | None]]]) -> tuple[dict[str, InitLaw], int]:
+    """Each law against one seeded CPU draw: a law the draw refutes is "unread"; unread laws get a base std
+    measured on pooled builds. Returns the laws and how many builds that took.
 
-    The plan is a function of the factory alone: the caller's RNG is left as it was.
+    ``builds`` are (factory kwargs, (width, depth)) to check at, cheapest first (a small width and one block
+    cost a fraction of the base model and test the law off the probes too); the last is the base, where an
+    unread law is measured. The plan is a function of the factory alone: the caller's RNG is left as it was.
     """
     checked = dict(laws)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        with torch.device("cpu"):
-            first = factory(**kwargs)
-        for template, (count, std) in _pooled_stds(table, first).items():
+        (kwargs, at), drawn = _first_that_builds(factory, builds)
+        for template, (count, std) in _pooled_stds(table, drawn).items():
             law = laws[template]
-            refuted = law.kind in RANDOM and _refutation(count, std, law.std(*at))
-            if refuted:
-                warnings.warn(f"{template}: drawn with std {std:.4g} at the base width, not the {law.std(*at):.4g} "
-                              f"its init ({law.how}) was read as; it is rescaled relative to the factory's own draw",
+            if law.kind in RANDOM and _refutation(count, std, law.std(*at)):
+                warnings.warn(f"{template}: drawn with std {std:.4g} at width {at[0]}, not the {law.std(*at):.4g} its "
+                              f"init ({law.how}) was read as; it is rescaled relative to the factory's own draw",
                               stacklevel=5)
                 checked[template] = InitLaw("unread", f"{law.how} (refuted by a real draw)")
         unread = {t for t, law in checked.items() if law.kind == "unread"}
         names = {n for n in table.params if table.template(n) in unread}
         if not names:
             return checked, 1
+        base_kwargs = builds[-1][0]
+        first = drawn if kwargs is base_kwargs else _cpu_build(factory, base_kwargs)
         count = draws_needed(first, names)  # ~1% on the std of a small tensor
-        with torch.device("cpu"):
-            stds = init_stds(itertools.chain([first], (factory(**kwargs) for _ in range(count - 1))))
+        stds = init_stds(itertools.chain([first], (_cpu_build(factory, base_kwargs) for _ in range(count - 1))))
     for template in unread:
         pooled = [stds[n] for n in names if table.template(n) == template]
         std = None if None in pooled else math.sqrt(sum(x * x for x in pooled) / len(pooled))
         checked[template] = replace(checked[template], kind="unread" if std else "constant", base_std=std)
-    return checked, count
+    return checked, count + (kwargs is not base_kwargs)
+
+
+def _cpu_build(factory: Callable[..., nn.Module], kwargs: Mapping) -> nn.Module:
+    with torch.device("cpu"):
+        return factory(**kwargs)
+
+
+def _first_that_builds(factory: Callable[..., nn.Module], builds: Sequence[tuple[Mapping, Any]]):
+    """The first of ``builds`` the factory makes (the user's factory may refuse a small width or one block)."""
+    for kwargs, at in builds[:-1]:
+        try:
+            return (kwargs, at), _cpu_build(factory, kwargs)
+        except Exception:  # the user's factory: any refusal means "not this one"
+            continue
+    return builds[-1], _cpu_build(factory, builds[-1][0])
 
 
 def _pooled_stds(table: ShapeTable, model: nn.Module) -> dict[str, tuple[int, float]]:

@@ -53,7 +53,11 @@ class Stack:
 
 @dataclass(frozen=True)
 class ShapeTable:
-    """Everything the probes learned, keyed by parameter name (in ``named_parameters`` order)."""
+    """Everything the probes learned, keyed by parameter name (in ``named_parameters`` order).
+
+    With stacks, the names are those of a shallow probe (often one block per stack): every block of a
+    stack is its first block again, and ``plan.expand_names`` writes them out at any depth.
+    """
 
     params: dict[str, ParamShape]
     widths: tuple[int, ...]
@@ -208,21 +212,22 @@ def _collision_notes(name: str, axis: int, value: int, sentinels: tuple[int, ...
 def probe_depth(
     factory: Callable[..., nn.Module],
     table: ShapeTable,
-    base_model: nn.Module,
+    first_model: nn.Module,
     *,
     depth_arg: str,
     base_depth: int,
+    first_depth: int,
     fixed_kwargs: dict[str, Any],
 ) -> tuple[ShapeTable, list[nn.Module]]:
-    """Probe two more depths at the width of ``base_model`` (built at ``base_depth``); names that appear only
-    deeper form the repeated stacks. The deeper meta models come back too.
+    """Probe two more depths at the width of ``first_model`` (built at ``first_depth``); names that appear only
+    deeper form the repeated stacks. The deeper meta models come back too; the table is for ``base_depth``.
 
     A stack's block count must be linear in the depth (``d`` blocks, ``2*d`` for interleaved pairs,
     ``d+1``...), fitted on two depths and checked on the third.
     """
-    depths = (base_depth, base_depth + 1, base_depth + 2)
+    depths = (first_depth, first_depth + 1, first_depth + 2)
     deeper = [build_on_meta(factory, {**fixed_kwargs, depth_arg: d}) for d in depths[1:]]
-    names = [set(parameter_layout(m)) for m in (base_model, *deeper)]
+    names = [set(parameter_layout(m)) for m in (first_model, *deeper)]
     if names[0] == names[1] == names[2]:
         raise ValueError(
             f"no parameter appears or disappears between {depth_arg}={depths[0]} and {depth_arg}={depths[2]}: "
@@ -237,7 +242,7 @@ def probe_depth(
         if per_depth < 1 or counts[2] - counts[1] != per_depth:
             raise ValueError(f"the stack {template} holds {counts} blocks at {depth_arg}={depths}: "
                              "its number of blocks must grow linearly with the depth")
-        stacks.append(Stack(template, per_depth, counts[0] - per_depth * base_depth))
+        stacks.append(Stack(template, per_depth, counts[0] - per_depth * first_depth))
     return replace(table, stacks=tuple(stacks), depth=base_depth), deeper
 
 
