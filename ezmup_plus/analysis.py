@@ -31,7 +31,7 @@ from .inits import base_stds, init_stds, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
 from .trace import ShapeTable, probe, probe_depth, shape_table
-from .usage import ForwardTrace, Use, trace_forward, width_dependent_numbers
+from .usage import ForwardTrace, TraceRun, Use, trace_anywhere, trace_run, width_dependent_numbers
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Analysis:
     width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
     base_stds: dict[str, float | None]  # the factory's init std per tensor at base (None: a constant)
     base_draws: int  # how many seeded builds the base stds were pooled over (1: the user's own model)
+    forward: TraceRun = TraceRun("meta")  # where the traced forwards ran (meta, or CPU where meta failed)
 
     def to_json(self) -> str:
         return json.dumps(_plain(self), indent=1)
@@ -78,7 +79,8 @@ class Analysis:
         o, t = self.options, self.table
         lines = [f"Analysis of a {o.source} at base width {o.base_width}"
                  + (f", base depth {o.base_depth}" if o.base_depth is not None else "")
-                 + f", probed at widths {list(t.widths)}" + ("" if self.uses is not None else ", forward not traced")]
+                 + f", probed at widths {list(t.widths)}, forward {self.forward}"
+                 + (f" ({self.forward.reason})" if self.forward.reason else "")]
         lines += [f"  stack {s.template}: {s.per_depth}*depth{s.offset:+d} blocks" for s in t.stacks]
         for name, p in t.params.items():
             r, std = self.roles[name], self.base_stds.get(name)
@@ -108,13 +110,16 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
     if o.base_depth is not None:
         table = probe_depth(factory, table, models[0], depth_arg=o.depth_arg, base_depth=o.base_depth,
                             fixed_kwargs=kwargs(table.widths[0]))
-    traces = _traces(models, example_inputs, o.trace)
+
+    def on_cpu(width: int) -> Callable[[], nn.Module]:
+        return lambda: factory(**kwargs(width))
+
+    traces = _traces(models, [on_cpu(w) for w in table.widths], example_inputs, o, table)
     numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
     for note in numbers:
         warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
                       "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
-    return learn(table, models[0], traces, o, numbers, lambda roles: base_stds(factory, kwargs(o.base_width), roles),
-                 example_inputs)
+    return learn(table, models[0], traces, o, numbers, lambda roles: base_stds(factory, kwargs(o.base_width), roles))
 
 
 def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
@@ -127,53 +132,65 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
                          f"{options.sentinels[0]}: build the model at width={options.sentinels[0]} before passing "
                          "width=... to get_mup_optimizer")
     try:
-        traces = _traces([meta], None, options.trace)
+        traces = _traces([meta], [lambda: copy.deepcopy(model).cpu()], None, options, table)
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
-    return learn(table, meta, traces, options, (), lambda roles: (init_stds([model]), 1), None)
+    return learn(table, meta, traces, options, (), lambda roles: (init_stds([model]), 1))
 
 
 def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrace], options: AnalysisOptions,
-          width_numbers: tuple[str, ...], measure: Callable[[Mapping[str, Role]], tuple[dict, int]],
-          example_inputs: Any) -> Analysis:
+          width_numbers: tuple[str, ...], measure: Callable[[Mapping[str, Role]], tuple[dict, int]]) -> Analysis:
     """The stages after the probes, the same for both front doors: roles, branches, base init, attention, zero-init.
 
-    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
-    ``measure(roles)`` returns the base init stds and how many builds they were pooled over.
+    ``traces[i]`` ran at ``table.widths[i]`` (with ``trace=False``, at most one, for the residual adds only);
+    ``meta_model`` is the first probe's build; ``measure(roles)`` returns the base init stds and how many builds
+    they were pooled over.
     """
+    adds = traces[0].adds if traces else ()
+    traces = traces if options.trace else []
     uses = traces[0].uses if traces else None
     roles = classify(table, options.roles, uses)
-    branches = _branches(meta_model, table, options.branches, example_inputs)
+    branches = _branches([n for n, _ in meta_model.named_modules()], table, options.branches, adds)
     stds, draws = measure(roles)
     attention = attention_routes(table, [t.attention for t in traces], stds)
     zeroed = zero_init_targets(table, roles, options.zero_init, traces[0].attention if traces else None)
-    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, stds, draws)
+    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, stds, draws,
+                    trace_run(traces))
 
 
-def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:
-    """Parameter uses and attention from a meta forward at each probe width ([] when not traced).
+def _traces(models: Sequence[nn.Module], on_cpu: Sequence[Callable[[], nn.Module]], example_inputs: Any,
+            options: AnalysisOptions, table: ShapeTable) -> list[ForwardTrace]:
+    """Parameter uses, attention and residual adds from a forward at each probe width ([] when not traced).
 
     Uses are the same at every width, so they are followed once; a second width shows which numbers
-    change with the width, and the third is traced only to fit the head dims of attention, if any.
+    change with the width, and the third is traced only to fit the head dims of attention, if any. Each
+    runs on meta, or on CPU once meta has failed (``on_cpu[i]`` builds the model at ``table.widths[i]``).
+    With ``trace=False`` one forward still finds the residual branches of a depth-repeated stack, unless
+    they are named.
     """
-    if not enabled:
+    if not options.trace:
         warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
-                      "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=4)
-        return []
-    traces = [trace_forward(models[0], example_inputs)]
-    for model in models[1:] if traces[0].attention else models[1:2]:
-        traces.append(trace_forward(model, example_inputs, follow_params=False))
+                      "attention logits keep the factory's 1/sqrt(d)", stacklevel=4)
+        if not table.stacks or options.branches is not None:
+            return []
+        return [trace_anywhere(models[0], on_cpu[0], follow_params=False)]
+    traces = [trace_anywhere(models[0], on_cpu[0], example_inputs)]
+    more = len(models) if traces[0].attention else 2
+    for model, build in list(zip(models, on_cpu))[1:more]:
+        traces.append(trace_anywhere(model, build, example_inputs, follow_params=False,
+                                     on_meta=traces[0].device == "meta"))
     return traces
 
 
-def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, example_inputs: Any) -> dict[str, str]:
+def _branches(modules: Sequence[str], table: ShapeTable, globs: Sequence[str] | None,
+              adds: Sequence[str]) -> dict[str, str]:
     """Residual-branch output modules of the repeated blocks (templates -> "fold" or "hook")."""
     if not table.stacks:
         return {}
     if globs is not None:
-        return branches_from_globs(model, table, globs)
-    return find_branches(model, table, example_inputs)
+        return branches_from_globs(modules, table, globs)
+    return find_branches(adds, table)
 
 
 # --- exact JSON: plain types out, the dataclass field types say how to read them back ------------

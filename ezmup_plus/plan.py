@@ -53,6 +53,9 @@ class AttentionScale:
     stop: int = 0
 
 
+ADDED_FIELDS = ("forward",)  # written only where they differ from their default, so older plans read the same
+
+
 @dataclass(frozen=True)
 class MupPlan:
     """The plan for one target width (and depth), under one parametrization and optimizer family."""
@@ -67,6 +70,7 @@ class MupPlan:
     depth: int | None = None
     base_depth: int | None = None
     depth_alpha: float | None = None
+    forward: str = "meta"  # where the analysis traced the forward: "meta", "cpu" (meta failed) or "none"
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -92,6 +96,7 @@ class MupPlan:
                 f"(base {self.base_width})")
         if self.depth is not None:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
+        head += ", not traced" if self.forward == "none" else f", traced on {self.forward}"
         columns = ("name", "shape", "fan_in", "role", "from", "init_std", "lr", "wd", "eps", "mult")
         rows = [columns]
         for t in self:
@@ -118,7 +123,8 @@ class MupPlan:
 
     def to_dict(self) -> dict:
         """Plain types only (sympy shapes as strings), for YAML/JSON."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"
+               and (f.name not in ADDED_FIELDS or getattr(self, f.name) != f.default)}
         out["multipliers"] = dict(self.multipliers)
         out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
@@ -249,7 +255,8 @@ def make_plan(
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
             logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
     return MupPlan(width, base_width, parametrization, family, tensors,
-                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha)
+                   {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
+                   analysis.forward.device)
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:

@@ -18,7 +18,8 @@ Plain data out: :class:`ForwardTrace`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +36,13 @@ SCALE_ATTR = "scaling"  # the attribute Hugging Face attention modules (and ours
 class Use:
     """One op that used a parameter."""
 
-    kind: str  # "contract" (mm, bmm, conv), "lookup" (embedding, indexing), "elementwise" or "unknown"
+    kind: str  # "contract" (mm, bmm, conv), "lookup" (embedding, indexing), "gather" (rows picked, then
+    # contracted: expert weights indexed per token), "elementwise" or "unknown"
     dims: tuple[int, ...]  # the parameter's own dims that were contracted or looked up
     module: str  # the innermost module running the op
     op: str  # the ATen op, for messages
     returned_by: str | None = None  # the innermost module returning the op's result unchanged (a readout)
+    batch: tuple[int, ...] = ()  # dims that pick one matrix of a stack (experts): neither fan-in nor fan-out
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,38 @@ class ForwardTrace:
     attention: dict[str, AttentionSite]  # innermost module running the attention -> what it saw
     numbers: tuple[tuple[str, float], ...]  # (module, x) for every tensor multiplied or divided by a number x
     float_attributes: dict[str, float]  # "module.attr" -> value, for every float attribute of a module
+    adds: tuple[str, ...] = ()  # modules whose output (times a scalar or a gain) is added to an older tensor
+    device: str = "meta"  # where the forward ran: "meta", or "cpu" where it cannot run on meta
+    seconds: float = 0.0  # building and running a CPU forward (0 on meta)
+    peak_bytes: int = 0  # on CPU: parameters, buffers and every tensor the forward made (all kept alive)
+    reason: str = ""  # on CPU: why the meta forward could not be used
+
+
+@dataclass(frozen=True)
+class TraceRun:
+    """Where the traced forwards ran and what they cost, for the plan's header."""
+
+    device: str  # "meta", "cpu" (the meta forward failed: a real one at the sentinel widths) or "none"
+    forwards: int = 0
+    seconds: float = 0.0
+    peak_bytes: int = 0
+    reason: str = ""  # why the meta forward could not be used
+
+    def __str__(self) -> str:
+        if self.device != "cpu":
+            return {"meta": "traced on meta", "none": "not traced"}[self.device]
+        return f"traced on cpu ({self.forwards} forwards, {self.seconds:.2g} s, peak {in_bytes(self.peak_bytes)})"
+
+
+CPU_TRACE_BUDGET = 2 * 2**30  # bytes of parameters and buffers at a sentinel width, above which the CPU
+# fallback refuses to build the model (about 500M fp32 parameters: seconds and a few GiB of memory)
 
 
 def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: bool = True) -> ForwardTrace:
-    """Run ``model`` once on meta tensors and record attention and (with ``follow_params``) parameter uses."""
-    inputs = meta_inputs(model, example_inputs)
+    """Run ``model`` once where its tensors live (meta: no memory, no values) and record attention, residual
+    adds and (with ``follow_params``) parameter uses."""
+    device = next(iter(model.parameters())).device
+    inputs = example_batch(model, example_inputs, device)
     stack: list[str] = []
     followed = {id(p): (n, p.dim()) for n, p in model.named_parameters() if p.dim() >= 2 and follow_params}
     params = ParamWatcher(followed, stack)
@@ -70,6 +100,7 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     attributes = {n: m.__dict__[SCALE_ATTR] for n, m in model.named_modules()
                   if isinstance(m.__dict__.get(SCALE_ATTR), float)}
     attention = AttentionWatcher(stack, owners, attributes)
+    adds = AddWatcher()
 
     def enter(name):
         return lambda module, args: stack.append(name)  # append returns None: the input is untouched
@@ -82,6 +113,7 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
             if isinstance(output, torch.Tensor):
                 params.returned(output, name)
                 attention.returned(output, name)
+                adds.returned(output, name)
         return hook
 
     handles = []
@@ -89,11 +121,11 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
         handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
     try:
         model.eval()
-        with attention, params, torch.no_grad():
+        with adds, attention, params, torch.no_grad():
             model(*inputs)
     except Exception as exc:
         raise RuntimeError(
-            f"the model's forward failed on meta tensors ({exc}). ezmup_plus runs it once to learn how each "
+            f"the model's forward failed on {device.type} tensors ({exc}). ezmup_plus runs it once to learn how each "
             "tensor is used: pass example_inputs=... to ezmup_plus.wrap (a tuple of tensors, or a callable "
             "returning one), or trace=False to fall back to layer types (attention then keeps 1/sqrt(d))") from exc
     finally:
@@ -101,31 +133,157 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
             h.remove()
     floats = {f"{n}.{k}" if n else k: v for n, m in model.named_modules() for k, v in vars(m).items()
               if isinstance(v, float) and k != SCALE_ATTR}
-    return ForwardTrace(params.result(), dict(attention.found), tuple(attention.numbers), floats)
+    peak = 0 if device.type == "meta" else model_bytes(model) + params.allocated
+    return ForwardTrace(params.result(), dict(attention.found), tuple(attention.numbers), floats,
+                        tuple(dict.fromkeys(adds.added)), device.type, peak_bytes=peak)
 
 
-def meta_inputs(model: nn.Module, example_inputs: Any = None) -> tuple[Any, ...]:
-    """The user's example inputs (a tuple, or a callable returning one) moved to meta; else a guess."""
+def trace_anywhere(meta_model: nn.Module, build_on_cpu: Callable[[], nn.Module] | None, example_inputs: Any = None,
+                   follow_params: bool = True, on_meta: bool = True) -> ForwardTrace:
+    """The meta forward first (free); where it fails (``on_meta=False``: it already did at another width), a real
+    forward of ``build_on_cpu()`` (the same model at the same width), which the sentinel widths keep small.
+
+    Refused, before anything is built, above :data:`CPU_TRACE_BUDGET`.
+    """
+    reason = "the meta forward failed at another sentinel width"
+    if on_meta:
+        try:
+            return trace_forward(meta_model, example_inputs, follow_params)
+        except RuntimeError as exc:
+            if build_on_cpu is None:
+                raise
+            reason = str(exc.__cause__ or exc)
+    size = model_bytes(meta_model)
+    if size > CPU_TRACE_BUDGET:
+        raise RuntimeError(
+            f"the model's forward cannot run on meta tensors ({reason}), and a real forward on CPU at the sentinel "
+            f"width would build {in_bytes(size)} of parameters and buffers, above the {in_bytes(CPU_TRACE_BUDGET)} "
+            "budget. Pass example_inputs=... to ezmup_plus.wrap (if the guessed "
+            "inputs were the problem), a smaller width_multiple, or trace=False to fall back to layer types")
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the values only steer data-dependent routing; keep the caller's RNG as it was
+        trace = trace_forward(build_on_cpu(), example_inputs, follow_params)
+    return replace(trace, seconds=time.perf_counter() - started, reason=reason)
+
+
+def trace_run(traces: Sequence[ForwardTrace]) -> TraceRun:
+    """One report for the forwards of an analysis: where they ran, how long and how much memory on CPU."""
+    if not traces:
+        return TraceRun("none")
+    if all(t.device == "meta" for t in traces):
+        return TraceRun("meta", len(traces))
+    return TraceRun("cpu", len(traces), sum(t.seconds for t in traces), max(t.peak_bytes for t in traces),
+                    traces[0].reason)
+
+
+def in_bytes(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Parameters and buffers, each tensor once (on meta: what they would take)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.nbytes for t in tensors.values())
+
+
+def example_batch(model: nn.Module, example_inputs: Any = None, device: Any = "meta") -> tuple[Any, ...]:
+    """The user's example inputs (a tuple, or a callable returning one) on ``device``; else a small guess."""
     inputs = example_inputs() if callable(example_inputs) else example_inputs
     if inputs is None:
-        return default_example_inputs(model)
-    return tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, tuple(inputs)))
+        return default_example_inputs(model, device)
+    return tuple(tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tuple(inputs)))
 
 
-def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+def default_example_inputs(model: nn.Module, device: Any = "meta") -> tuple[torch.Tensor, ...]:
     """A batch the first input layer accepts: token ids for an embedding, features for a linear layer, images
     for a convolution (modules carrying their own parameters, like ViT's class token, are passed over)."""
     first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv2d))), None)
+    g = torch.Generator().manual_seed(0)
     if isinstance(first, nn.Embedding):
-        return (torch.randint(0, first.num_embeddings, (2, 8), device="meta"),)
+        return (torch.randint(0, first.num_embeddings, (2, 8), generator=g).to(device),)
     if isinstance(first, nn.Linear):
-        return (torch.randn(2, first.in_features, device="meta"),)
+        return (torch.randn(2, first.in_features, generator=g).to(device),)
     if isinstance(first, nn.Conv2d):
-        return (torch.randn(2, first.in_channels, 16, 16, device="meta"),)
+        return (torch.randn(2, first.in_channels, 16, 16, generator=g).to(device),)
     raise ValueError(
         f"cannot guess an input for a {type(model).__name__}: it has no Embedding, Linear or Conv2d layer. Pass "
         "example_inputs=(tensor, ...) or a callable returning them to ezmup_plus.wrap (or trace=False)"
     )
+
+
+# --- residual adds, at the Python level ---------------------------------------------------------
+
+ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
+        torch.Tensor.__iadd__}
+
+
+class AddWatcher(TorchFunctionMode):
+    """Notes every module output added to a tensor that does not itself derive from that module.
+
+    The second condition tells a residual add (``x + attn(x)``: ``x`` is older than ``attn``) from
+    an add inside a branch (GELU's ``x + 0.044715 * x**3``: both sides come from ``c_fc``). A module
+    output times a number or a gain (``c * f(x)``, ``f(x) / c``, layer scale ``gamma * f(x)``) still is
+    that module's output for this purpose.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.producer: dict[int, str] = {}  # a module output -> the innermost module returning it
+        self.scaled: dict[int, str] = {}  # a module output times a scalar or a gain -> that module
+        self.origins: dict[int, frozenset[str]] = {}  # tensor id -> modules it was computed from
+        self.added: list[str] = []
+        self.keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused
+
+    def returned(self, output: torch.Tensor, module: str) -> None:
+        self.producer.setdefault(id(output), module)
+        self.keep.append(output)
+
+    def origin(self, t: torch.Tensor) -> frozenset[str]:
+        own = self.producer.get(id(t))
+        return self.origins.get(id(t), frozenset()) | ({own} if own else frozenset())
+
+    def branch(self, t: Any) -> str | None:
+        return self.producer.get(id(t), self.scaled.get(id(t))) if isinstance(t, torch.Tensor) else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if func in ADDS and len(args) >= 2:
+            for x, y in ((args[0], args[1]), (args[1], args[0])):
+                module = self.branch(x)
+                if module is not None and isinstance(y, torch.Tensor) and module not in self.origin(y):
+                    self.added.append(module)
+        out = func(*args, **kwargs)
+        origin = frozenset().union(*(self.origin(t) for t in tensors)) if tensors else frozenset()
+        scaled = self._scaled_branch(func, args)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.origins[id(t)] = origin
+                if scaled is not None:
+                    self.scaled[id(t)] = scaled
+                self.keep.append(t)
+        return out
+
+    def _scaled_branch(self, func, args) -> str | None:
+        """The module whose output ``func`` multiplies by a scalar or a gain (divides: the numerator's)."""
+        if func not in PRODUCTS or len(args) != 2:
+            return None
+        pairs = ((args[0], args[1]),) if func in DIVISIONS else ((args[0], args[1]), (args[1], args[0]))
+        for x, c in pairs:
+            module = self.branch(x)
+            if module is not None and _scalar_or_gain(c, x, self):
+                return module
+        return None
+
+
+def _scalar_or_gain(c: Any, x: torch.Tensor, adds: AddWatcher) -> bool:
+    """A number, a one-element tensor, or a gain over the last dim (layer scale) computed from no module output."""
+    if isinstance(c, (int, float)):
+        return True
+    if not isinstance(c, torch.Tensor) or adds.origin(c):
+        return False
+    return c.numel() == 1 or (c.dim() >= 1 and c.shape[-1] == x.shape[-1] and c.numel() == c.shape[-1])
 
 
 # --- parameters, at the ATen level --------------------------------------------------------------
@@ -136,25 +294,39 @@ RESHAPES = {aten.view, aten._unsafe_view, aten.reshape}
 ELEMENTWISE = {aten.cat, aten.stack, aten.copy_, aten.fill_, aten.where, aten.masked_fill}
 
 
+@dataclass(frozen=True)
+class Derived:
+    """A tensor derived from a parameter through views: which parameter dims each of its dims came from."""
+
+    name: str
+    dims: tuple[frozenset[int], ...]
+    batch: frozenset[int] = frozenset()  # parameter dims picked away (``w[e]``) or gathered (``w[ids]``)
+    gathered: int | None = None  # the index of the lookup use that gathered it, if it is then contracted
+
+
 class ParamWatcher(TorchDispatchMode):
     """Follows every parameter (two dims or more) through views into the ops that use it.
 
-    ``origin`` maps a tensor to (parameter, which of its dims each tensor dim came from); a view
-    carries it on, a use ends it.
+    ``origin`` maps a tensor to the :class:`Derived` it is; a view carries it on, a use ends it. Rows
+    gathered by an index (``experts[ids]``) are a lookup, unless the gathered tensor is then contracted:
+    then the indexed dim is a batch dim (one matrix per expert) and the contraction tells the fan-in.
     """
 
     def __init__(self, params: dict[int, tuple[str, int]], stack: list[str]):
         super().__init__()
         self.stack = stack
-        self.origin: dict[int, tuple[str, tuple[frozenset[int], ...]]] = {
-            pid: (name, tuple(frozenset([d]) for d in range(ndim))) for pid, (name, ndim) in params.items()}
+        self.origin: dict[int, Derived] = {
+            pid: Derived(name, tuple(frozenset([d]) for d in range(ndim))) for pid, (name, ndim) in params.items()}
         self.uses: dict[str, list[Use]] = {name: [] for name, _ in params.values()}
         self.products: dict[int, tuple[str, int]] = {}  # a contraction's result (through views) -> its use
+        self.allocated = 0  # bytes of every tensor the forward made (the watchers keep them all alive)
         self.keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if not func.is_view:
+            self.allocated += sum(t.nbytes for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         packet = func.overloadpacket
         product = next((self.products[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in self.products),
                        None)
@@ -163,32 +335,43 @@ class ParamWatcher(TorchDispatchMode):
         derived = [(i, a) for i, arg in enumerate(args) for a in tree_leaves(arg)  # cat and stack take lists
                    if isinstance(a, torch.Tensor) and id(a) in self.origin]
         for i, a in derived:
-            name, dims = self.origin[id(a)]
-            self._follow(func, args, i, a, name, dims, out)
+            self._follow(func, args, i, a, self.origin[id(a)], out)
         return out
 
-    def _follow(self, func, args, i, tensor, name, dims, out) -> None:
+    def _follow(self, func, args, i, tensor, d: Derived, out) -> None:
         packet = func.overloadpacket
         try:
-            carried = carry_dims(func, args, tensor, dims, out)
+            carried = carry_dims(func, args, tensor, d.dims, out)
+            gathered = None if carried is not None else gather_dims(func, args, tensor, d.dims, out)
         except (IndexError, TypeError, ValueError):
-            carried = None
+            carried = gathered = None
+        if gathered is not None:
+            looked_up = sorted(set().union(*(d.dims[k] for k in gathered[1])))
+            self._use("lookup", d.name, looked_up, func)
+            carried = [(out, gathered[0])]
+            d = replace(d, batch=d.batch | set(looked_up), gathered=len(self.uses[d.name]) - 1)
         if carried is not None:
             for t, t_dims in carried:
-                self.origin[id(t)] = (name, t_dims)
+                left = set().union(*t_dims)
+                self.origin[id(t)] = replace(d, dims=t_dims, batch=d.batch | (set().union(*d.dims) - left))
                 self.keep.append(t)
             return
         contracted = contracted_dims(func, args, i)
         if contracted is not None:
-            kind, position = contracted
-            self._use(kind, name, sorted(set().union(*(dims[d] for d in position))), func, out)
+            kind, position, batch = contracted
+            if d.gathered is not None:  # the rows it gathered are matrices, not embeddings
+                self.uses[d.name][d.gathered] = replace(self.uses[d.name][d.gathered], kind="gather")
+            dims = sorted(set().union(*(d.dims[k] for k in position)))
+            batch_dims = sorted((d.batch | set().union(*(d.dims[k] for k in batch))) - set(dims))
+            self._use(kind, d.name, dims, func, out, batch_dims)
         elif torch.Tag.pointwise in func.tags or packet in ELEMENTWISE:
-            self._use("elementwise", name, (), func)
+            self._use("elementwise", d.name, (), func)
         else:
-            self._use("unknown", name, (), func)
+            self._use("unknown", d.name, (), func)
 
-    def _use(self, kind: str, name: str, dims, func, out=None) -> None:
-        self.uses[name].append(Use(kind, tuple(dims), self.stack[-1] if self.stack else "", str(func)))
+    def _use(self, kind: str, name: str, dims, func, out=None, batch=()) -> None:
+        self.uses[name].append(Use(kind, tuple(dims), self.stack[-1] if self.stack else "", str(func),
+                                   batch=tuple(batch)))
         if kind == "contract" and isinstance(out, torch.Tensor):
             self._track_product(out, (name, len(self.uses[name]) - 1))
 
@@ -279,25 +462,41 @@ def regroup(before: tuple[int, ...], after: tuple[int, ...], dims: tuple[frozens
     return tuple(result)
 
 
-def contracted_dims(func, args, i: int) -> tuple[str, tuple[int, ...]] | None:
-    """(kind, which dims of argument ``i``) for ops that contract or look up; None for any other op."""
+def gather_dims(func, args, tensor, dims, out):
+    """For ``w[ids]`` and ``index_select``: (the output's dims, which input dims were indexed); None otherwise."""
     packet = func.overloadpacket
-    if packet in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm):
+    if packet is aten.index_select:
+        return dims, (args[1] % tensor.dim(),)
+    if packet is aten.index:
+        indexed = [k for k, index in enumerate(args[1]) if index is not None]
+        if len(indexed) == 1 and len(args[1]) <= tensor.dim():
+            k, index = indexed[0], args[1][indexed[0]]
+            return dims[:k] + (dims[k],) * index.dim() + dims[k + 1:], (k,)
+    return None
+
+
+GROUPED_MMS = {getattr(aten, name) for name in ("_grouped_mm", "grouped_mm") if hasattr(aten, name)}
+
+
+def contracted_dims(func, args, i: int) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """(kind, which dims of argument ``i``, which of its dims are batch dims) for ops that contract or look up;
+    None for any other op. A batched or grouped matmul's leading dim picks one matrix per batch (an expert)."""
+    packet = func.overloadpacket
+    if packet in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm) or packet in GROUPED_MMS:
         first = 1 if packet in (aten.addmm, aten.baddbmm) else 0
+        batch = (0,) if args[i].dim() == 3 else ()
         if i == first:
-            return "contract", (args[i].dim() - 1,)
+            return "contract", (args[i].dim() - 1,), batch
         if i == first + 1:
-            return "contract", (args[i].dim() - 2,)
+            return "contract", (args[i].dim() - 2,), batch
         return None
     if packet in (aten.convolution, aten._convolution) and i == 1:
         transposed = args[6]
-        return "contract", ((0,) if transposed else (1,)) + tuple(range(2, args[1].dim()))
+        return "contract", ((0,) if transposed else (1,)) + tuple(range(2, args[1].dim())), ()
     if packet in (aten.embedding, aten._embedding_bag, aten.embedding_bag) and i == 0:
-        return "lookup", (0,)
+        return "lookup", (0,), ()
     if packet is aten.index and i == 0:
-        return "lookup", tuple(d for d, index in enumerate(args[1]) if index is not None)
-    if packet is aten.index_select and i == 0:
-        return "lookup", (args[1] % args[0].dim(),)
+        return "lookup", tuple(d for d, index in enumerate(args[1]) if index is not None), ()
     return None
 
 

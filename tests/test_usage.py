@@ -83,10 +83,19 @@ class NeedsValues(nn.Module):
         return self.out(torch.relu(self.lin(x)))
 
 
-def test_a_forward_that_fails_on_meta_is_an_error_unless_tracing_is_turned_off():
+def test_a_forward_that_fails_on_meta_runs_on_cpu_within_the_budget(monkeypatch):
+    """The meta forward cannot read a value; a real one at the sentinel widths (small by construction) can."""
     for inputs in (None, (torch.randn(2, 4),)):
-        with pytest.raises(RuntimeError, match="failed on meta tensors.*pass example_inputs=.*or trace=False"):
-            ezp.wrap(NeedsValues, base_width=32, example_inputs=inputs).plan(width=64)
+        f = ezp.wrap(NeedsValues, base_width=32, example_inputs=inputs)
+        plan = f.plan(width=64)
+        assert plan["out.weight"].role == "output" and plan["out.weight"].source == "trace"
+        run = f.analysis.forward
+        assert (run.device, run.forwards) == ("cpu", 2) and "item" in run.reason and 0 < run.peak_bytes < 2**20
+        assert str(plan).splitlines()[0].endswith("traced on cpu")
+    monkeypatch.setattr("ezmup_plus.usage.CPU_TRACE_BUDGET", 1000)  # the model at 47 takes 1132 bytes
+    with pytest.raises(RuntimeError, match=r"cannot run on meta tensors \(.*item.*\).*would build 0.00108 MiB.*"
+                                           r"above the 0.000954 MiB budget.*example_inputs=.*trace=False"):
+        ezp.wrap(NeedsValues, base_width=32).plan(width=64)
     with pytest.warns(UserWarning, match="trace=False: roles come from layer types"):
         plan = ezp.wrap(NeedsValues, base_width=32, trace=False).plan(width=64)
     assert plan["out.weight"].role == "output" and plan["out.weight"].source == "convention"
