@@ -19,6 +19,7 @@ from .analysis import Analysis
 from .attention import AttentionSpec, unroutable_error
 from .shapes import WIDTH, evaluate
 from .trace import ShapeTable
+from .usage import RowBlocks
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,25 @@ class AttentionScale:
     """muP's 1/d_head instead of 1/sqrt(d_head) for one attention module, relative to base."""
 
     factor: float  # on the logits
-    via: str  # "scaling" (the module's attribute is multiplied), "fold" (into the query projection) or "query" (a hook)
-    query: str | None = None  # the module whose output rows [start, stop) are the queries
+    via: str  # "scaling" (the module's attribute is multiplied), "fold" (into the query projection), "query" (a hook
+    # on the query rows of a module output) or "weight" (on the query rows of the module's own in_proj_weight)
+    query: str | None = None  # the module whose output rows start:stop (``blocks`` times, every ``every``) are the queries
     start: int = 0
     stop: int = 0
+    every: int = 0
+    blocks: int = 1
+
+    @property
+    def rows(self) -> RowBlocks:
+        return RowBlocks(self.start, self.stop, self.every, self.blocks)
 
 
-ADDED_FIELDS = ("forward",)  # written only where they differ from their default, so older plans read the same
+ADDED_FIELDS = ("forward", "every", "blocks")  # written only where not at their default: older plans read the same
+
+
+def _without_defaults(record) -> dict:
+    return {f.name: getattr(record, f.name) for f in fields(record)
+            if f.name not in ADDED_FIELDS or getattr(record, f.name) != f.default}
 
 
 @dataclass(frozen=True)
@@ -116,17 +129,17 @@ class MupPlan:
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
-               "query": lambda a: f"rows {a.start}:{a.stop} of {a.query}"}
+               "query": lambda a: f"rows {_rows(a)} of {a.query}",
+               "weight": lambda a: f"rows {_rows(a)} of {a.query}'s in_proj_weight and bias"}
         lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
                   + how[a.via](a) for m, a in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """Plain types only (sympy shapes as strings), for YAML/JSON."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"
-               and (f.name not in ADDED_FIELDS or getattr(self, f.name) != f.default)}
+        out = {k: v for k, v in _without_defaults(self).items() if k != "tensors"}
         out["multipliers"] = dict(self.multipliers)
-        out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
+        out["attention"] = {m: _without_defaults(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
 
@@ -143,6 +156,10 @@ class MupPlan:
     @classmethod
     def from_yaml(cls, text: str) -> MupPlan:
         return cls.from_dict(yaml.safe_load(text))
+
+
+def _rows(a: AttentionScale) -> str:
+    return f"{a.start}:{a.stop}" + (f" every {a.every} ({a.blocks} blocks)" if a.blocks > 1 else "")
 
 
 def _tensor_to_dict(t: TensorPlan) -> dict:
@@ -249,11 +266,12 @@ def make_plan(
         factor = _logit_factor(spec, template, base_width, width)
         if factor == 1.0:
             continue
-        start, stop = (evaluate(e, width, what=f"the query rows of {template}") for e in (spec.start, spec.stop))
+        rows = [evaluate(e, width, what=f"the query rows of {template}")
+                for e in (spec.start, spec.stop, spec.every, spec.blocks)]
         queries = module_names(table, spec.query, depth) if spec.query else []
         for i, name in enumerate(module_names(table, template, depth)):
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
-            logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
+            logit_factors[name] = AttentionScale(factor, spec.via, query, *rows)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
                    analysis.forward.device)

@@ -1,16 +1,23 @@
-"""What one forward pass on meta tensors tells about the model: how each parameter is used, and
-how attention is computed.
+"""What one forward pass tells about the model: how each parameter is used, how attention is computed,
+and which module outputs are added to the residual stream.
 
-Two watchers run during the same pass (no memory, no values):
+The pass runs on meta tensors (no memory, no values); where the forward cannot run there (a value is
+read, data-dependent routing with ``nonzero``, a kernel whose meta function refuses), a real forward on
+CPU at the same sentinel width, which keeps the model small (:func:`trace_anywhere`). Three watchers
+run during the same pass:
 
 * parameters, at the ATen level where every layer is a handful of ops: each parameter is followed
   through views, transposes and permutes into the op that uses it. The dims an ``mm``/``bmm``/
-  ``convolution`` contracts are its fan-in; an ``embedding`` or index lookup makes it a table;
-  elementwise use (a position table added, a gain multiplied) is neither. Any other op is unknown.
+  ``_grouped_mm``/``convolution`` contracts are its fan-in (a batched matmul's leading dim, or rows
+  gathered by index and then contracted, pick one expert: a batch dim); an ``embedding`` or index
+  lookup makes it a table; elementwise use (a position table added, a gain multiplied) is neither.
+  Any other op is unknown.
 * attention, at the Python level: every ``F.scaled_dot_product_attention`` call, every ``softmax``
   of a ``q @ k^T`` product and every ``nn.MultiheadAttention``, with the query's head dim, the scale
-  it was computed with, and the module output rows the query came from (so that its logits can be
-  rescaled on those rows).
+  it was computed with, and the set of module output rows the query came from (so that its logits can
+  be rescaled on those rows).
+* residual adds, at the Python level: module outputs (also times a scalar or a gain) added to a tensor
+  that does not derive from them.
 
 Plain data out: :class:`ForwardTrace`.
 """
@@ -46,13 +53,28 @@ class Use:
 
 
 @dataclass(frozen=True)
+class RowBlocks:
+    """Rows ``start:stop`` of a last dim, repeated ``blocks`` times every ``every`` rows: one block for a
+    contiguous range (the first third of a fused QKV), one per head for Bloom's per-head interleaved QKV."""
+
+    start: int
+    stop: int
+    every: int = 0
+    blocks: int = 1
+
+    def index(self) -> list[int]:
+        return [k * self.every + r for k in range(self.blocks) for r in range(self.start, self.stop)]
+
+
+@dataclass(frozen=True)
 class AttentionSite:
     """One attention computation and where its queries came from."""
 
     head_dim: int
     scaled_by_attribute: bool  # the logits were scaled by the module's own float ``scaling`` attribute
-    query_source: str | None  # the module whose output rows [start, stop) of its last dim are the queries
-    query_rows: tuple[int, int] | None  # (None where they are not: a per-head fused QKV, a norm outside a module)
+    query_source: str | None  # the module whose output rows (of its last dim) are the queries
+    query_rows: RowBlocks | None  # (None where they are not: a query that is no linear function of one output)
+    in_weight: bool = False  # the rows are of the source's own in_proj_weight, used inside its kernel
 
 
 @dataclass(frozen=True)
@@ -508,7 +530,7 @@ VIEWS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.tr
          torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.to, torch.Tensor.float, torch.Tensor.half,
          torch.Tensor.bfloat16, torch.Tensor.type_as, torch.Tensor.clone, torch.Tensor.movedim, torch.movedim,
          torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.neg, torch.neg,
-         torch.Tensor.__neg__}
+         torch.Tensor.__neg__, torch.broadcast_to, torch.Tensor.flatten}
 SLICES = {torch.Tensor.__getitem__, torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk,
           torch.Tensor.narrow, torch.narrow}
 DIVISIONS = {torch.Tensor.div, torch.div, torch.Tensor.__truediv__}
@@ -522,15 +544,26 @@ SOFTMAXES = {F.softmax, torch.softmax, torch.Tensor.softmax}
 
 @dataclass(frozen=True)
 class Rows:
-    """A tensor as a linear function of the rows [start, stop) of one module output's last dim."""
+    """A tensor as a linear function of some rows of one module output's last dim.
 
-    start: int
-    stop: int
-    channels: bool  # the tensor's last dim still is that output's last dim (no heads split off yet)
+    ``index`` has the tensor's number of dims and broadcasts to its shape: at each position, the output row
+    it comes from, so that a view or a slice applies to it as to the tensor itself (the rows of a per-head
+    fused QKV, or of Falcon's heads + 2 layout, are then followed exactly). Where two arrangements of the
+    rows are summed (as rotary embeddings do) positions are lost: ``index`` is then the 1-d set of rows.
+    """
+
+    index: torch.Tensor
+    positions: bool = True
+
+    def rows(self) -> torch.Tensor:
+        return self.index.unique()
 
 
 Lineage = dict[str, Rows]  # module -> the rows of its output a tensor is a linear function of (views,
 # slices, products with other things as rotary embeddings do); a nonlinear op ends a lineage
+
+CASTS = {torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.type_as,
+         torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.neg, torch.neg, torch.Tensor.__neg__}
 
 
 @dataclass(frozen=True)
@@ -556,14 +589,24 @@ class AttentionWatcher(TorchFunctionMode):
         self.lineage: dict[int, Lineage] = {}
         self.scores: dict[int, Scores] = {}
         self.keep: list[torch.Tensor] = []  # tensors stay alive so their ids are not reused
+        self.aranges: dict[tuple[int, int], torch.Tensor] = {}  # shared starting indices
 
     def returned(self, output: torch.Tensor, module: str) -> None:
-        """A module output starts a lineage, unless it already is an inner module's output (rows 0..end)."""
+        """A module output starts a lineage, unless it already is an inner module's whole output."""
+        if not output.dim():
+            return
         lineage = self.lineage.setdefault(id(output), {})
-        last = int(output.shape[-1]) if output.dim() else 1
-        if not any(r.channels and (r.start, r.stop) == (0, last) for r in lineage.values()):
-            lineage[module] = Rows(0, last, True)
+        start = self._arange(output)
+        if not any(r.positions and r.index.shape == start.shape and torch.equal(r.index, start)
+                   for r in lineage.values()):
+            lineage[module] = Rows(start)
             self.keep.append(output)
+
+    def _arange(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.dim(), int(t.shape[-1]))
+        if key not in self.aranges:
+            self.aranges[key] = torch.arange(key[1]).view(*(1,) * (key[0] - 1), key[1])
+        return self.aranges[key]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -575,7 +618,7 @@ class AttentionWatcher(TorchFunctionMode):
             self._site(self._of(q), self._of(k), tuple(q.shape), () if scale is None else (id(scale),))
             return out
         if func is F.multi_head_attention_forward:  # nn.MultiheadAttention: its query projection is internal
-            self._site({}, {}, (int(args[3]) // int(args[4]),), ())
+            self._multi_head_site(args, kwargs)
             return out
         if func in SOFTMAXES and id(args[0]) in self.scores:
             s = self.scores[id(args[0])]
@@ -594,24 +637,31 @@ class AttentionWatcher(TorchFunctionMode):
                 self.numbers.append((self.stack[-1] if self.stack else "", args[1]))
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         if any(id(t) in self.lineage for t in tensors):
-            self._carry_lineage(func, args, tensors, out)
+            self._carry_lineage(func, args, kwargs, tensors, out)
         return out
 
     def _of(self, t: torch.Tensor) -> Lineage:
         return self.lineage.get(id(t), {})
 
     def _site(self, query: Lineage, key: Lineage, query_shape: tuple[int, ...], multipliers: tuple[int, ...]) -> None:
-        """Rows are kept only where they are exactly the queries: as many as heads x head dim, none of them keys'."""
-        features = query_shape[-1] * (query_shape[-3] if len(query_shape) >= 4 else 1)  # (batch, heads, tokens, d)
+        """The rows the queries are a linear function of are kept where none of them is a key's, in equal blocks
+        at equal steps (one block, or one per head)."""
         source = next((m for m in query if m in self.owners), next(iter(query), None))
-        rows = None if source is None else query[source]
-        if rows is not None and (rows.stop - rows.start != features or source in key and (
-                rows.start < key[source].stop and key[source].start < rows.stop)):
-            source = rows = None
+        rows = None if source is None else query[source].rows()
+        if rows is not None and source in key and bool(torch.isin(rows, key[source].rows()).any()):
+            rows = None
         module = self.stack[-1] if self.stack else ""
         by_attribute = module in self.attributes and id(self.attributes[module]) in multipliers
-        self.found[module] = AttentionSite(
-            query_shape[-1], by_attribute, source, None if rows is None else (rows.start, rows.stop))
+        blocks = None if rows is None else row_blocks(rows.tolist())
+        self.found[module] = AttentionSite(query_shape[-1], by_attribute, None if blocks is None else source, blocks)
+
+    def _multi_head_site(self, args, kwargs) -> None:
+        """nn.MultiheadAttention: the queries are the first embed_dim rows of its own in_proj_weight."""
+        embed_dim, heads = int(args[3]), int(args[4])
+        packed = args[5] is not None and not kwargs.get("use_separate_proj_weight", False)
+        module = self.stack[-1] if self.stack else ""
+        self.found[module] = AttentionSite(embed_dim // heads, False, module if packed else None,
+                                           RowBlocks(0, embed_dim) if packed else None, in_weight=packed)
 
     def _mark(self, out, scores: Scores) -> None:
         if isinstance(out, torch.Tensor):
@@ -627,60 +677,83 @@ class AttentionWatcher(TorchFunctionMode):
         elif func in VIEWS or func not in MATMULS and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
             self._mark(out, s)
 
-    def _carry_lineage(self, func, args, tensors, out) -> None:
-        lineages = [self.lineage.get(id(t), {}) for t in tensors]
+    def _carry_lineage(self, func, args, kwargs, tensors, out) -> None:
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        for t in outputs:
-            if func in VIEWS | SLICES:
-                carried = {m: _viewed(r, func, args, t, outputs) for m, r in lineages[0].items()}
-            elif func in DIVISIONS:  # linear in the numerator only
-                carried = {m: r for m, r in _combined(lineages, True, False).items() if m in lineages[0]}
-            elif func in PRODUCTS | SUMS:
-                carried = _combined(lineages, func in PRODUCTS, func in (torch.cat, torch.stack))
-            else:
-                continue
+        if func in (torch.cat, torch.stack):
+            carried = [_joined(func, [self._of(t) for t in args[0]], args[0], kwargs.get(
+                "dim", args[1] if len(args) > 1 else 0), outputs[0])]
+        elif func in VIEWS | SLICES:
+            carried = [{m: _viewed(r, func, args, kwargs, i) for m, r in self._of(args[0]).items()}
+                       for i in range(len(outputs))]
+        elif func in PRODUCTS | SUMS:
+            lineages = [self._of(t) for t in tensors]
+            if func in DIVISIONS:  # linear in the numerator only
+                lineages = [self._of(args[0])] + [{} for _ in lineages[1:]]
+            carried = [_combined(lineages, func in PRODUCTS, outputs[0])]
+        else:
+            return
+        for t, lineage in zip(outputs, carried):
             own = self.lineage.setdefault(id(t), {})
-            own.update({m: r for m, r in carried.items() if r is not None and m not in own})
+            own.update({m: r for m, r in lineage.items() if r is not None and m not in own})
             self.keep.append(t)
 
 
-def _combined(lineages: list[Lineage], product: bool, concatenated: bool) -> Lineage:
-    """A product is linear in a source that only one factor derives from; a sum, in one that every term does."""
+def row_blocks(rows: list[int]) -> RowBlocks | None:
+    """Sorted rows as equal blocks at equal steps (None: not so regular)."""
+    starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1] != r - 1]
+    ends = [r + 1 for i, r in enumerate(rows) if i == len(rows) - 1 or rows[i + 1] != r + 1]
+    lengths, steps = {e - s for s, e in zip(starts, ends)}, {b - a for a, b in zip(starts, starts[1:])}
+    if len(lengths) != 1 or len(steps) > 1:
+        return None
+    return RowBlocks(starts[0], ends[0], steps.pop() if steps else 0, len(starts))
+
+
+def _compressed(index: torch.Tensor) -> torch.Tensor:
+    """Dims along which the index does not change are kept at size 1 (a broadcast), so it stays small."""
+    for d in range(index.dim()):
+        if index.shape[d] > 1 and bool((index == index.narrow(d, 0, 1)).all()):
+            index = index.narrow(d, 0, 1)
+    return index
+
+
+def _viewed(rows: Rows, func, args, kwargs, piece: int) -> Rows | None:
+    """Rows after a view or a slice: the same op applied to the index (None: it does not apply)."""
+    if func in CASTS:
+        return rows
+    if not rows.positions:  # a view of a sum of arrangements: the same rows, if the last dim stays whole
+        return rows if func in VIEWS else None
+    try:
+        moved = func(rows.index.expand(args[0].shape), *args[1:], **kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return None
+    pieces = [t for t in tree_leaves(moved) if isinstance(t, torch.Tensor)]
+    return Rows(_compressed(pieces[piece])) if piece < len(pieces) else None
+
+
+def _joined(func, lineages: list[Lineage], tensors, dim: int, out: torch.Tensor) -> Lineage:
+    """``cat``/``stack`` of tensors that all derive from a module: the indices joined the same way."""
     result: Lineage = {}
     for m in dict.fromkeys(m for lin in lineages for m in lin):
-        having = [lin[m] for lin in lineages if m in lin]
-        if len(having) == (1 if product else len(lineages)):
-            result[m] = replace(having[0], channels=having[0].channels and not concatenated)
+        having = [lin.get(m) for lin in lineages]
+        if any(r is None or not r.positions for r in having):
+            continue
+        result[m] = Rows(_compressed(func([r.index.expand(t.shape) for r, t in zip(having, tensors)], dim)))
     return result
 
 
-def _viewed(rows: Rows, func, args, piece: torch.Tensor, pieces: list[torch.Tensor]) -> Rows | None:
-    """Rows after a view or a slice: slicing the module output's own last dim narrows them (None: lost track)."""
-    whole = args[0]
-    if piece.dim() and piece.shape[-1] == whole.shape[-1]:
-        return replace(rows, channels=rows.channels and _last_dim_stays(whole, func, args))
-    if func not in SLICES or not rows.channels:
-        return replace(rows, channels=False)  # heads split off (or a slice within a head, as rotary embeddings do)
-    if len(pieces) > 1:  # split / chunk along the last dim: the pieces in order
-        offset = sum(int(p.shape[-1]) for p in pieces[:next(i for i, p in enumerate(pieces) if p is piece)])
-        return replace(rows, start=rows.start + offset, stop=rows.start + offset + int(piece.shape[-1]))
-    index = args[1] if len(args) > 1 else None
-    if isinstance(index, tuple) and index and isinstance(index[-1], slice) and (
-            len(index) == whole.dim() or Ellipsis in index):
-        start, stop, step = index[-1].indices(int(whole.shape[-1]))
-        if step == 1:
-            return replace(rows, start=rows.start + start, stop=rows.start + stop)
-    if func in (torch.Tensor.narrow, torch.narrow) and args[1] % whole.dim() == whole.dim() - 1:
-        return replace(rows, start=rows.start + args[2], stop=rows.start + args[2] + args[3])
-    return None
-
-
-def _last_dim_stays(before: torch.Tensor, func, args) -> bool:
-    """A view that keeps the module output's last dim last (no transpose or permute moving it)."""
-    if func in (torch.Tensor.transpose, torch.transpose):
-        return all(d % before.dim() != before.dim() - 1 for d in args[-2:])
-    return func not in (torch.Tensor.permute, torch.permute, torch.Tensor.movedim, torch.movedim)
-
+def _combined(lineages: list[Lineage], product: bool, out: torch.Tensor) -> Lineage:
+    """A product is linear in a source that only one factor derives from; a sum, in one that every term does
+    (at the same positions, or positions are lost)."""
+    result: Lineage = {}
+    for m in dict.fromkeys(m for lin in lineages for m in lin):
+        having = [lin[m] for lin in lineages if m in lin]
+        if len(having) != (1 if product else len(lineages)):
+            continue
+        first = having[0]
+        same = all(r.positions and r.index.shape == first.index.shape and torch.equal(r.index, first.index)
+                   for r in having)
+        result[m] = first if same else Rows(torch.cat([r.rows() for r in having]).unique(), positions=False)
+    return result
 
 
 def width_dependent_numbers(a: ForwardTrace, b: ForwardTrace, widths: tuple[int, int]) -> list[str]:

@@ -30,7 +30,8 @@ NAMED_TEST_MODELS = {  # test module -> (class, wrap options) of the module-leve
     "test_usage": {"StoredInOut": dict(base_width=32, width_multiple=4, example_inputs=(torch.randn(2, 8),)),
                    "SameWithLinears": dict(base_width=32), "TiedMatmulLM": dict(base_width=32),
                    "Cumsum": dict(base_width=32), "ScaledEmbedding": dict(base_width=32),
-                   **dict.fromkeys(("PerHeadFused", "MultiQueryFused", "NormalizedQueries", "TorchEncoder"),
+                   **dict.fromkeys(("PerHeadFused", "MultiQueryFused", "InterleavedQKV", "NormalizedQueries",
+                                    "TorchEncoder"),
                                    dict(base_width=16, width_multiple=2))},
 }
 

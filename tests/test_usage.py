@@ -199,16 +199,32 @@ class PerHeadFused(TinyTransformer):
 class MultiQueryFused(TinyTransformer):
     """Falcon's multi-query layout: one projection of heads + 2 head dims, split after the heads view."""
 
-    def __init__(self, width):
-        super().__init__(width)
+    def __init__(self, width, logit_mult=1.0):
+        super().__init__(width, logit_mult=logit_mult)
         self.fused = nn.Linear(width, 2 * width)  # heads + 2 = 4 head dims of width / 2
 
     def forward(self, idx):
         x = self.emb(idx)
         b, t, c = x.shape
         qkv = self.fused(x).view(b, t, 4, c // 2)
-        q, k, v = qkv[:, :, :2].transpose(1, 2), qkv[:, :, 2:3].transpose(1, 2), qkv[:, :, 3:].transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q))
+        q, k, v = qkv[:, :, :2].transpose(1, 2), qkv[:, :, [2]].transpose(1, 2), qkv[:, :, [3]].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q), scale=self.attn.logit_mult / (c // 2)**0.5)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class InterleavedQKV(TinyTransformer):
+    """Bloom's layout: one projection whose rows are (q, k, v) per head, split after a (heads, 3, d) view."""
+
+    def __init__(self, width, logit_mult=1.0):
+        super().__init__(width, logit_mult=logit_mult)
+        self.fused = nn.Linear(width, 3 * width)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        b, t, c = x.shape
+        qkv = self.fused(x).view(b, t, 2, 3, c // 2)
+        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.attn.logit_mult / (c // 2)**0.5)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -220,28 +236,66 @@ class NormalizedQueries(TinyTransformer):
 
 
 class TorchEncoder(nn.Module):
-    """torch's own nn.TransformerEncoderLayer, whose query projection lives inside nn.MultiheadAttention."""
+    """torch's own nn.TransformerEncoderLayer, whose query projection lives inside nn.MultiheadAttention.
+    With ``logit_mult`` its forward is written out by hand (in eval mode: no dropout), logits x ``logit_mult``."""
 
-    def __init__(self, width, heads=2):
+    def __init__(self, width, heads=2, logit_mult=1.0):
         super().__init__()
+        self.logit_mult = logit_mult
         self.emb = nn.Embedding(16, width)
         self.layer = nn.TransformerEncoderLayer(width, heads, 2 * width, batch_first=True)
         self.out = nn.Linear(width, 16)
 
     def forward(self, idx):
-        return self.out(self.layer(self.emb(idx)))
+        x = self.emb(idx)
+        return self.out(self.layer(x) if self.logit_mult == 1.0 else self.by_hand(x))
+
+    def by_hand(self, x):
+        layer, a = self.layer, self.layer.self_attn
+        b, t, c = x.shape
+        d = c // a.num_heads
+        q, k, v = (z.view(b, t, a.num_heads, d).transpose(1, 2)
+                   for z in F.linear(x, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.logit_mult / d**0.5).transpose(1, 2).reshape(b, t, c)
+        x = layer.norm1(x + a.out_proj(y))
+        return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
 
 
-@pytest.mark.parametrize("model", [PerHeadFused, MultiQueryFused, NormalizedQueries, TorchEncoder,
-                                   lambda width: TinyTransformer(width, kernel="baddbmm")])
+@pytest.mark.parametrize("model,attention,via,query", [
+    (MultiQueryFused, "", "query", ("fused", 0, 64, 0, 1)),  # heads + 2: the first heads are the queries
+    (InterleavedQKV, "", "query", ("fused", 0, 32, 96, 2)),  # per head (q, k, v): every third block of d rows
+    (TorchEncoder, "layer.self_attn", "weight", ("layer.self_attn", 0, 64, 0, 1)),  # first rows of in_proj_weight
+    (lambda width, logit_mult=1.0: TinyTransformer(width, kernel="baddbmm", logit_mult=logit_mult), "attn", "fold",
+     ("attn.q", 0, 64, 0, 1)),  # Bloom's baddbmm scores, heads merged into the batch dim
+])
+def test_query_rows_that_are_no_single_block_get_the_logit_factor(model, attention, via, query):
+    """Outputs and gradients equal the same model computing 1/d by hand (its kernel given the 1/d scale)."""
+    f = ezp.wrap(model, base_width=16, width_multiple=2)
+    a = f.plan(width=64).attention[attention]
+    assert (a.factor, a.via, (a.query, a.start, a.stop, a.every, a.blocks)) == (pytest.approx(0.5), via, query)
+    torch.manual_seed(0)
+    ours = f(width=64).eval()
+    reference = model(64, logit_mult=1.0 if via == "fold" else 0.5).eval()
+    reference.load_state_dict(ours.state_dict())
+    idx = torch.randint(0, 16, (3, 7))
+    torch.testing.assert_close(ours(idx), reference(idx))
+    ours(idx).square().sum().backward()
+    reference(idx).square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("model", [PerHeadFused, NormalizedQueries])
 def test_attention_that_cannot_be_rescaled_is_an_error(model):
     with pytest.raises(ValueError, match=r"computes attention with a head dim that grows with the width \(d_head = "
                                          r"w(/2)?\).*no way to do it.*attn_scale='1/sqrt\(d\)'"):
         ezp.wrap(model, base_width=16, width_multiple=2).plan(width=64)
-    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the ways out
-    if model is TorchEncoder:  # torch's own module
-        assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
-                        width_multiple=8).plan(width=64).attention == {}  # a fixed head dim needs nothing
+    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the way out
+
+
+def test_multi_head_attention_with_a_fixed_head_dim_needs_nothing():
+    assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
+                    width_multiple=8).plan(width=64).attention == {}
 
 
 class ScaledEmbedding(nn.Module):
