@@ -31,7 +31,8 @@ from .inits import base_stds, init_stds, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
 from .trace import ShapeTable, probe, probe_depth, shape_table
-from .usage import ForwardTrace, TraceRun, Use, trace_anywhere, trace_run, width_dependent_numbers
+from .constants import MODES, WidthConstant, width_constants
+from .usage import ForwardTrace, TraceRun, Use, trace_anywhere, trace_run
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class AnalysisOptions:
     branches: tuple[str, ...] | None = None  # the user's residual-branch globs (None: found by the trace)
     zero_init: tuple[str, ...] = ()
     trace: bool = True
+    width_constants: str = "correct"  # numbers that change with the width: "correct", "warn" or "error"
     fixed_kwargs: dict[str, str] = field(default_factory=dict)  # the factory's other arguments, as repr()
     source: str = "factory"  # "factory": probed at several primes; "model": one model built at the sentinel
 
@@ -63,10 +65,11 @@ class Analysis:
     branches: dict[str, str]  # residual-branch module templates -> "fold" or "hook"
     attention: dict[str, AttentionSpec]  # attention module templates whose head dim grows -> their route
     zeroed: frozenset[str]  # parameter templates that start at zero (zero_init)
-    width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
+    width_numbers: tuple[str, ...]  # numbers outside attention that change with the width, left as they are
     base_stds: dict[str, float | None]  # the factory's init std per tensor at base (None: a constant)
     base_draws: int  # how many seeded builds the base stds were pooled over (1: the user's own model)
     forward: TraceRun = TraceRun("meta")  # where the traced forwards ran (meta, or CPU where meta failed)
+    width_constants: tuple[WidthConstant, ...] = ()  # numbers that change with the width, held at their base value
 
     def to_json(self) -> str:
         return json.dumps(_plain(self), indent=1)
@@ -92,6 +95,8 @@ class Analysis:
         lines += [f"  attention {m}: head dim {a.head_dim}, route {a.via}" + (f" via {a.query}" if a.query else "")
                   for m, a in self.attention.items()]
         lines += [f"  width-dependent number: {n}" for n in self.width_numbers]
+        lines += [f"  width-dependent number held at base: {c.note}, on {c.module} ({c.how})"
+                  for c in self.width_constants]
         lines.append(f"  base stds pooled over {self.base_draws} build(s)")
         return "\n".join(lines)
 
@@ -115,11 +120,7 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
         return lambda: factory(**kwargs(width))
 
     traces = _traces(models, [on_cpu(w) for w in table.widths], example_inputs, o, table)
-    numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
-    for note in numbers:
-        warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
-                      "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
-    return learn(table, models[0], traces, o, numbers, lambda roles: base_stds(factory, kwargs(o.base_width), roles))
+    return learn(table, models[0], traces, o, lambda roles: base_stds(factory, kwargs(o.base_width), roles))
 
 
 def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
@@ -136,12 +137,13 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
-    return learn(table, meta, traces, options, (), lambda roles: (init_stds([model]), 1))
+    return learn(table, meta, traces, options, lambda roles: (init_stds([model]), 1))
 
 
 def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrace], options: AnalysisOptions,
-          width_numbers: tuple[str, ...], measure: Callable[[Mapping[str, Role]], tuple[dict, int]]) -> Analysis:
-    """The stages after the probes, the same for both front doors: roles, branches, base init, attention, zero-init.
+          measure: Callable[[Mapping[str, Role]], tuple[dict, int]]) -> Analysis:
+    """The stages after the probes, the same for both front doors: roles, branches, base init, attention,
+    zero-init, width-dependent numbers.
 
     ``traces[i]`` ran at ``table.widths[i]`` (with ``trace=False``, at most one, for the residual adds only);
     ``meta_model`` is the first probe's build; ``measure(roles)`` returns the base init stds and how many builds
@@ -155,8 +157,26 @@ def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrac
     stds, draws = measure(roles)
     attention = attention_routes(table, [t.attention for t in traces], stds)
     zeroed = zero_init_targets(table, roles, options.zero_init, traces[0].attention if traces else None)
-    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, stds, draws,
-                    trace_run(traces))
+    constants, notes = _width_constants(traces, table, stds, options.width_constants)
+    return Analysis(options, table, uses, roles, branches, attention, zeroed, notes, stds, draws, trace_run(traces),
+                    constants)
+
+
+def _width_constants(traces: Sequence[ForwardTrace], table: ShapeTable, stds: Mapping[str, float | None],
+                     mode: str) -> tuple[tuple[WidthConstant, ...], tuple[str, ...]]:
+    """The corrections (under "correct") and the numbers left as they are, each warned about ("error": refused)."""
+    if mode not in MODES:
+        raise ValueError(f"width_constants={mode!r} is unknown; choose one of {MODES}")
+    corrections, notes = ((), ()) if len(traces) < 2 else width_constants(
+        traces[0], traces[1], table.widths[:2], table, stds, correct=mode == "correct")
+    if notes and mode == "error":
+        raise ValueError("numbers that change with the width (width_constants='error'):\n  " + "\n  ".join(notes))
+    for note in notes:
+        warnings.warn(f"{note}: a number that changes with the width, which muP does not account for"
+                      + (" and which ezmup_plus cannot hold at its base value here" if mode == "correct" else "")
+                      + ". Make it a constant in the factory, or check the transfer with a coordinate check",
+                      stacklevel=5)
+    return corrections, notes
 
 
 def _traces(models: Sequence[nn.Module], on_cpu: Sequence[Callable[[], nn.Module]], example_inputs: Any,

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import rules
 from .analysis import Analysis, AnalysisOptions, analyse_factory
+from .constants import MODES as WIDTH_CONSTANT_MODES
 from .inits import ZERO_INITS
 from .plan import MupPlan, make_plan
 from .trace import DEFAULT_SENTINELS, ShapeTable
@@ -189,6 +190,7 @@ class MupFactory:
         attn_scale: str = "auto",
         zero_init: Sequence[str] = (),
         trace: bool = True,
+        width_constants: str = "correct",
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -200,6 +202,8 @@ class MupFactory:
         for arg in (width_arg, depth_arg if base_depth is not None else None):
             if arg in fixed_kwargs:
                 raise ValueError(f"'{arg}' is set per build (f(width=..., depth=...)); do not also pass it to wrap")
+        if width_constants not in WIDTH_CONSTANT_MODES:
+            raise ValueError(f"width_constants={width_constants!r} is unknown; choose one of {WIDTH_CONSTANT_MODES}")
         unknown = set(zero_init) - set(ZERO_INITS)
         if unknown:
             raise ValueError(f"zero_init={list(zero_init)}: {sorted(unknown)} unknown; choose from 'readout', 'query'")
@@ -209,7 +213,7 @@ class MupFactory:
             sentinels=tuple(sentinels) if sentinels else _sentinels_from(sentinel), width_multiple=width_multiple,
             width_arg=width_arg, depth_arg=depth_arg, roles=dict(roles or {}),
             branches=tuple(branches) if branches is not None else None, zero_init=tuple(zero_init), trace=trace,
-            fixed_kwargs={k: repr(v) for k, v in fixed_kwargs.items()})
+            width_constants=width_constants, fixed_kwargs={k: repr(v) for k, v in fixed_kwargs.items()})
         self.parametrization = parametrization
         self.depth_alpha = depth_alpha
         self.attn_scale = attn_scale

@@ -61,7 +61,7 @@ class AttentionScale:
         return RowBlocks(self.start, self.stop, self.every, self.blocks)
 
 
-ADDED_FIELDS = ("forward", "every", "blocks")  # written only where not at their default: older plans read the same
+ADDED_FIELDS = ("forward", "constants", "every", "blocks")  # written only where not at their default: older plans read the same
 
 
 def _without_defaults(record) -> dict:
@@ -84,6 +84,7 @@ class MupPlan:
     base_depth: int | None = None
     depth_alpha: float | None = None
     forward: str = "meta"  # where the analysis traced the forward: "meta", "cpu" (meta failed) or "none"
+    constants: tuple[str, ...] = ()  # numbers that change with the width, held at base: how, for the table
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -128,6 +129,7 @@ class MupPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
+        lines += [f"width-dependent number held at its base value: {c}" for c in self.constants]
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
                "query": lambda a: f"rows {_rows(a)} of {a.query}",
                "weight": lambda a: f"rows {_rows(a)} of {a.query}'s in_proj_weight and bias"}
@@ -149,6 +151,7 @@ class MupPlan:
     @classmethod
     def from_dict(cls, data: Mapping) -> MupPlan:
         data = dict(data)
+        data["constants"] = tuple(data.get("constants", ()))
         tensors = {t["name"]: _tensor_from_dict(t) for t in data.pop("tensors")}
         attention = {m: AttentionScale(**a) for m, a in data.pop("attention", {}).items()}
         return cls(tensors=tensors, attention=attention, **data)
@@ -214,6 +217,8 @@ def make_plan(
     stds = _pooled_by_template(table, analysis.base_stds)
     query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
                    for template, spec in attention.items() if spec.via == "fold"}
+    constant_folds = {c.module: c.factor(base_width, width) for c in analysis.width_constants
+                      if c.how == "fold" and parametrization != "sp"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
     for name, base_name in expand_names(table, depth):
@@ -232,7 +237,8 @@ def make_plan(
         )
         s = rules.scaling(parametrization, family, scale, alpha)
         module = template.rpartition(".")[0]
-        fold = (branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+        fold = ((branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+                * constant_folds.get(module, 1.0))
         if fold != 1.0:
             s = rules.fold(family, s, fold)
         multiplier = 1.0
@@ -261,6 +267,14 @@ def make_plan(
     for template, kind in analysis.branches.items():  # per module: a hooked branch may own no parameter itself
         if kind == "hook":
             multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
+    constants = []
+    for c in analysis.width_constants if parametrization != "sp" else ():
+        factor = c.factor(base_width, width)
+        if c.how == "hook":
+            for name in module_names(table, c.module, depth):
+                multipliers[name] = multipliers.get(name, 1.0) * factor
+        constants.append(f"{c.note}: x {factor:.4g} on {c.module or 'the root module'}"
+                         + (" (folded into its init and LR)" if c.how == "fold" else ""))
     logit_factors = {}
     for template, spec in attention.items():
         factor = _logit_factor(spec, template, base_width, width)
@@ -274,7 +288,7 @@ def make_plan(
             logit_factors[name] = AttentionScale(factor, spec.via, query, *rows)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
-                   analysis.forward.device)
+                   analysis.forward.device, tuple(constants))
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:

@@ -78,10 +78,23 @@ class AttentionSite:
 
 
 @dataclass(frozen=True)
+class Number:
+    """A number that multiplies or divides a tensor in the forward, and where the product went: what a
+    compensating multiplier can sit on, if the number changes with the width."""
+
+    module: str  # the innermost module running the op
+    value: float | None  # None: a 0-dim tensor without a value (a buffer on meta)
+    divides: bool
+    returned_by: str | None = None  # the innermost module returning the product unchanged
+    consumed_by: str | None = None  # the first module called with the product
+    of_output: str | None = None  # the module whose whole output was multiplied, if nothing else used that output
+
+
+@dataclass(frozen=True)
 class ForwardTrace:
     uses: dict[str, tuple[Use, ...]]  # parameter name -> its uses, for parameters of two dims or more
     attention: dict[str, AttentionSite]  # innermost module running the attention -> what it saw
-    numbers: tuple[tuple[str, float], ...]  # (module, x) for every tensor multiplied or divided by a number x
+    numbers: tuple[Number, ...]  # every tensor multiplied or divided by a number, in call order
     float_attributes: dict[str, float]  # "module.attr" -> value, for every float attribute of a module
     adds: tuple[str, ...] = ()  # modules whose output (times a scalar or a gain) is added to an older tensor
     device: str = "meta"  # where the forward ran: "meta", or "cpu" where it cannot run on meta
@@ -125,7 +138,10 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     adds = AddWatcher()
 
     def enter(name):
-        return lambda module, args: stack.append(name)  # append returns None: the input is untouched
+        def hook(module, args):
+            stack.append(name)
+            attention.entered(args, name)  # returns None: the input is untouched
+        return hook
 
     def leave(name):
         def hook(module, args, output):
@@ -156,7 +172,7 @@ def trace_forward(model: nn.Module, example_inputs: Any = None, follow_params: b
     floats = {f"{n}.{k}" if n else k: v for n, m in model.named_modules() for k, v in vars(m).items()
               if isinstance(v, float) and k != SCALE_ATTR}
     peak = 0 if device.type == "meta" else model_bytes(model) + params.allocated
-    return ForwardTrace(params.result(), dict(attention.found), tuple(attention.numbers), floats,
+    return ForwardTrace(params.result(), dict(attention.found), attention.result_numbers(), floats,
                         tuple(dict.fromkeys(adds.added)), device.type, peak_bytes=peak)
 
 
@@ -170,11 +186,15 @@ def trace_anywhere(meta_model: nn.Module, build_on_cpu: Callable[[], nn.Module] 
     reason = "the meta forward failed at another sentinel width"
     if on_meta:
         try:
-            return trace_forward(meta_model, example_inputs, follow_params)
+            trace = trace_forward(meta_model, example_inputs, follow_params)
         except RuntimeError as exc:
             if build_on_cpu is None:
                 raise
             reason = str(exc.__cause__ or exc)
+        else:
+            if build_on_cpu is None or all(n.value is not None for n in trace.numbers):
+                return trace
+            reason = "a 0-dim buffer multiplies a tensor, and a meta tensor has no value"
     size = model_bytes(meta_model)
     if size > CPU_TRACE_BUDGET:
         raise RuntimeError(
@@ -584,7 +604,10 @@ class AttentionWatcher(TorchFunctionMode):
         self.stack = stack
         self.owners = owners  # modules that own parameters: the query's projection is preferred to a wrapper
         self.attributes = attributes  # module -> its ``scaling`` float, recognised by identity when it is used
-        self.numbers: list[tuple[str, float]] = []
+        self.numbers: list[Number] = []
+        self.products: dict[int, int] = {}  # a product by a number -> its index in ``numbers``
+        self.factors: dict[int, int] = {}  # that number's index -> the id of the tensor it multiplied
+        self.used: dict[int, int] = {}  # module output id -> how many ops took it
         self.found: dict[str, AttentionSite] = {}
         self.lineage: dict[int, Lineage] = {}
         self.scores: dict[int, Scores] = {}
@@ -593,8 +616,12 @@ class AttentionWatcher(TorchFunctionMode):
 
     def returned(self, output: torch.Tensor, module: str) -> None:
         """A module output starts a lineage, unless it already is an inner module's whole output."""
+        i = self.products.get(id(output))
+        if i is not None and self.numbers[i].returned_by is None:
+            self.numbers[i] = replace(self.numbers[i], returned_by=module)
         if not output.dim():
             return
+        self.used.setdefault(id(output), 0)
         lineage = self.lineage.setdefault(id(output), {})
         start = self._arange(output)
         if not any(r.positions and r.index.shape == start.shape and torch.equal(r.index, start)
@@ -632,16 +659,42 @@ class AttentionWatcher(TorchFunctionMode):
             self._mark(out, Scores(self._of(q), self._of(k), tuple(q.shape), () if alpha is None else (id(alpha),)))
         elif args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.scores:
             self._carry_scores(func, args, out)
-        if func in PRODUCTS and len(args) == 2 and isinstance(args[1], float):
-            if all(args[1] is not a for a in self.attributes.values()):  # attention scales are accounted for
-                self.numbers.append((self.stack[-1] if self.stack else "", args[1]))
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):  # not .dim(), .shape and the like
+            for t in tensors:
+                if id(t) in self.used:
+                    self.used[id(t)] += 1
+        if func in PRODUCTS and len(args) == 2 and _is_number(args[1]) and isinstance(args[0], torch.Tensor):
+            if all(args[1] is not a for a in self.attributes.values()):  # attention scales are accounted for
+                self._number(func, args, out)
         if any(id(t) in self.lineage for t in tensors):
             self._carry_lineage(func, args, kwargs, tensors, out)
         return out
 
     def _of(self, t: torch.Tensor) -> Lineage:
         return self.lineage.get(id(t), {})
+
+    def _number(self, func, args, out) -> None:
+        x, c = args
+        value = None if isinstance(c, torch.Tensor) and c.is_meta else float(c)
+        whole = next((m for m, r in self._of(x).items() if r.positions and r.index.shape == self._arange(x).shape
+                      and torch.equal(r.index, self._arange(x))), None)
+        self.numbers.append(Number(self.stack[-1] if self.stack else "", value, func in DIVISIONS, of_output=whole))
+        self.products[id(out)] = len(self.numbers) - 1
+        self.factors[len(self.numbers) - 1] = id(x)
+        self.keep += [x, out]
+
+    def entered(self, args, module: str) -> None:
+        """A module is called: it consumes the products by numbers among its arguments."""
+        for t in tree_leaves(args):
+            i = self.products.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if i is not None and self.numbers[i].consumed_by is None:
+                self.numbers[i] = replace(self.numbers[i], consumed_by=module)
+
+    def result_numbers(self) -> tuple[Number, ...]:
+        """The numbers, with ``of_output`` kept only where that output went into this product alone."""
+        return tuple(n if self.used.get(self.factors[i], 0) == 1 else replace(n, of_output=None)
+                     for i, n in enumerate(self.numbers))
 
     def _site(self, query: Lineage, key: Lineage, query_shape: tuple[int, ...], multipliers: tuple[int, ...]) -> None:
         """The rows the queries are a linear function of are kept where none of them is a key's, in equal blocks
@@ -696,6 +749,10 @@ class AttentionWatcher(TorchFunctionMode):
             own = self.lineage.setdefault(id(t), {})
             own.update({m: r for m, r in lineage.items() if r is not None and m not in own})
             self.keep.append(t)
+
+
+def _is_number(c) -> bool:
+    return isinstance(c, float) or isinstance(c, torch.Tensor) and c.dim() == 0 and c.is_floating_point()
 
 
 def row_blocks(rows: list[int]) -> RowBlocks | None:
@@ -754,15 +811,3 @@ def _combined(lineages: list[Lineage], product: bool, out: torch.Tensor) -> Line
                    for r in having)
         result[m] = first if same else Rows(torch.cat([r.rows() for r in having]).unique(), positions=False)
     return result
-
-
-def width_dependent_numbers(a: ForwardTrace, b: ForwardTrace, widths: tuple[int, int]) -> list[str]:
-    """Numbers outside attention that differ between the traces at two widths: float attributes of modules,
-    and floats that multiply or divide tensors in the forward (compared in call order)."""
-    w0, w1 = widths
-    seen = [(f"{k} = {a.float_attributes[k]:.4g} at width {w0} and {v:.4g} at width {w1}", k.rpartition(".")[0])
-            for k, v in b.float_attributes.items() if a.float_attributes.get(k, v) != v]
-    if len(a.numbers) == len(b.numbers):
-        seen += [(f"{m or 'the root module'} multiplies a tensor by {x:.4g} at width {w0} and {y:.4g} at width {w1}",
-                  m) for (m, x), (_, y) in zip(a.numbers, b.numbers) if x != y]
-    return list(dict.fromkeys(note for note, module in seen if module not in a.attention))

@@ -311,13 +311,52 @@ class ScaledEmbedding(nn.Module):
         return self.out(self.emb(idx) * self.width**0.5)
 
 
-def test_numbers_that_change_with_the_width_are_reported():
+def test_numbers_that_change_with_the_width_are_reported_under_warn():
     with pytest.warns(UserWarning) as caught:
-        ezp.wrap(ScaledEmbedding, base_width=32).plan(width=64)
+        ezp.wrap(ScaledEmbedding, base_width=32, width_constants="warn").plan(width=64)
     messages = [str(w.message) for w in caught]
     assert any(m.startswith("embed_scale = 6.856 at width 47 and 7.28 at width 53: a number that changes")
                for m in messages)
     assert any(m.startswith("the root module multiplies a tensor by 6.856 at width 47") for m in messages)
+    with pytest.raises(ValueError, match=r"(?s)width_constants='error'.*multiplies a tensor by 6.856"):
+        ezp.wrap(ScaledEmbedding, base_width=32, width_constants="error").plan(width=64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # attention's 1/sqrt(d) is accounted for: no warning
         ezp.wrap(TinyTransformer, base_width=16, width_multiple=2).plan(width=64)
+
+
+class HeldScale(ScaledEmbedding):
+    """ScaledEmbedding with its number written at the base width 32: the hand-written reference."""
+
+    def forward(self, idx):
+        return self.out(self.emb(idx) * 32**0.5)
+
+
+class ScaledReadout(nn.Module):
+    """T5's pattern: the features times d**-0.5 before a bias-free readout."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.emb, self.out = nn.Embedding(16, width), nn.Linear(width, 16, bias=False)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.emb(idx)) * self.width**-0.5)
+
+
+def test_a_width_dependent_number_is_held_at_its_base_value():
+    """Folded into the embedding it multiplies (init and LR x 1/2 at 4x), or into the bias-free readout it feeds
+    (T5's d**-0.5; a hook where that readout is tied), and shown in the plan."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # corrected: nothing to warn about
+        f = ezp.wrap(ScaledEmbedding, base_width=32)
+        plan = f.plan(width=128)
+    assert plan["emb.weight"].fold == pytest.approx(0.5) and plan["emb.weight"].lr_mult == pytest.approx(0.5)
+    assert "multiplies a tensor by 6.856 at width 47 and 7.28 at width 53: x 0.5 on emb (folded" in str(plan)
+    torch.manual_seed(0)
+    ours, reference = f(width=128), HeldScale(128)
+    reference.load_state_dict({k: v / 0.5 if k == "emb.weight" else v for k, v in ours.state_dict().items()})
+    idx = torch.randint(0, 16, (3, 7))
+    torch.testing.assert_close(ours(idx), reference(idx))
+    readout = ezp.wrap(ScaledReadout, base_width=32).plan(width=128)
+    assert readout.multipliers == {} and readout["out.weight"].fold == pytest.approx(2.0)
