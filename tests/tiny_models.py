@@ -102,12 +102,13 @@ class DenseMoE(nn.Module):
     """Mixture of experts written by hand: experts as (experts, w, 4w) tensors used through einsum, every token
     through every expert and weighted by a softmax router ``Linear(w, experts)``."""
 
-    def __init__(self, width, experts=4, vocab=16):
+    def __init__(self, width, experts=4, vocab=16, expert_width=None):
         super().__init__()
+        hidden = 4 * width if expert_width is None else expert_width
         self.emb = nn.Embedding(vocab, width)
         self.router = nn.Linear(width, experts, bias=False)
-        self.w_up = nn.Parameter(torch.randn(experts, width, 4 * width) / width**0.5)
-        self.w_down = nn.Parameter(torch.randn(experts, 4 * width, width) / (4 * width) ** 0.5)
+        self.w_up = nn.Parameter(torch.randn(experts, width, hidden) / width**0.5)
+        self.w_down = nn.Parameter(torch.randn(experts, hidden, width) / hidden**0.5)
         self.out = nn.Linear(width, vocab)
 
     def forward(self, idx):
