@@ -1,15 +1,20 @@
 """Which Hugging Face architectures ezmup_plus plans untouched: a survey on small configs, nothing downloaded.
 
-Each is wrapped at base width 32 (4 heads), planned, built and given one AdamW step at width 128. The
-table says how attention logits were rescaled (through the `scaling` attribute, folded into the query
-projection, or a hook on the query rows), which warnings were raised, or the error that stopped it.
-    python benchmarks/architectures.py [NAME ...]      (writes docs/results/architectures.json)
+Each is wrapped at base width 32 (4 heads), planned, built and given one AdamW step at width 128, then
+coordinate-checked from base to 4x base (block outputs after 3 Adam steps at widths 32, 64, 128: muP must
+pass, SP must fail). The table says where the forward was traced (meta, or CPU where meta fails), how
+attention logits were rescaled (the `scaling` attribute, folded into the query projection, a hook on the
+query rows, or the rows of an in_proj_weight), which width-dependent numbers were held at base, which
+warnings were raised, or the error that stopped it.
+    python benchmarks/architectures.py [NAME ...]      (writes docs/results/architectures.json and the README table)
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +25,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import ezmup_plus as ezp  # noqa: E402
+from ezmup_plus.data import lm_loss  # noqa: E402
+from ezmup_plus.diagnostics import coord_check  # noqa: E402
 
 V, P, H, KV = 65, 64, 4, 2  # vocabulary, positions, heads, key-value heads
 LM = dict(vocab_size=V, max_position_embeddings=P, bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -55,6 +62,28 @@ ARCHITECTURES = {
     "Mixtral": ("MixtralForCausalLM", "MixtralConfig", lambda w, d: dict(
         hidden_size=w, intermediate_size=3 * w, num_hidden_layers=d, head_dim=w // H, num_local_experts=2,
         num_experts_per_tok=2, sliding_window=None, **DECODER, **LM), "tokens", {}),
+    "Qwen2-MoE": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", lambda w, d: dict(
+        hidden_size=w, intermediate_size=2 * w, moe_intermediate_size=w, shared_expert_intermediate_size=2 * w,
+        num_hidden_layers=d, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, **DECODER, **LM),
+        "tokens", {}),
+    "Qwen3-MoE": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig", lambda w, d: dict(
+        hidden_size=w, intermediate_size=2 * w, moe_intermediate_size=w, num_hidden_layers=d, head_dim=w // H,
+        num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, **DECODER, **LM), "tokens", {}),
+    "OLMoE": ("OlmoeForCausalLM", "OlmoeConfig", lambda w, d: dict(
+        hidden_size=w, intermediate_size=w, num_hidden_layers=d, num_experts=4, num_experts_per_tok=2,
+        **DECODER, **LM), "tokens", {}),
+    "DeepSeek-V3": ("DeepseekV3ForCausalLM", "DeepseekV3Config", lambda w, d: dict(
+        hidden_size=w, intermediate_size=2 * w, moe_intermediate_size=w, num_hidden_layers=d,
+        num_attention_heads=H, num_key_value_heads=H, q_lora_rank=w // 2, kv_lora_rank=w // 4,
+        qk_nope_head_dim=w // H, qk_rope_head_dim=4, v_head_dim=w // H, n_routed_experts=4, n_shared_experts=1,
+        num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=0, **LM), "tokens", {}),
+    "Mamba": ("MambaForCausalLM", "MambaConfig", lambda w, d: dict(
+        hidden_size=w, num_hidden_layers=d, state_size=16, expand=2, conv_kernel=4, time_step_rank=w // 16,
+        vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0), "tokens", {"width_multiple": 16}),
+    "Mamba-2": ("Mamba2ForCausalLM", "Mamba2Config", lambda w, d: dict(
+        hidden_size=w, num_hidden_layers=d, state_size=16, expand=2, conv_kernel=4, head_dim=16,
+        num_heads=w // 8, n_groups=1, chunk_size=8, vocab_size=V, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0), "tokens", {"width_multiple": 16}),
     "T5": ("T5ForConditionalGeneration", "T5Config", lambda w, d: dict(
         d_model=w, d_kv=w // H, d_ff=4 * w, num_layers=d, num_decoder_layers=d, num_heads=H, vocab_size=V,
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), "seq2seq", {}),
@@ -93,7 +122,31 @@ def survey_factory(name: str):
     return factory
 
 
-def survey(name: str) -> dict:
+def output_of(out):
+    """The logits of a language model, else the last hidden state."""
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def coordinate_check(factory, kind: str, blocks: str, widths=(32, 64, 128)) -> bool:
+    """Each block output's RMS after 3 Adam steps within a factor 1.5 from base to 4x base, as the tests check
+    (``factory`` wrapped: muP; plain: SP, which must not pass). Language models learn the next token of a
+    fixed batch; the others pull their first hidden state's sum towards zero, as the BERT test does."""
+    ids = torch.randint(2, V, (8, 17), generator=torch.Generator().manual_seed(0))
+    data = {"tokens": ((ids[:, :-1],), ids[:, 1:]), "seq2seq": ((ids, None, ids), ids)}.get(kind, (inputs(kind), None))
+
+    def loss(out, y):
+        if y is not None and getattr(out, "logits", None) is not None:
+            return lm_loss(out.logits, y)
+        return out.last_hidden_state[:, 0].float().sum(-1).pow(2).mean()
+
+    check = coord_check(factory, widths, data, loss_fn=loss, steps=3, lr=1e-2,
+                        modules=lambda name, m: re.fullmatch(blocks, name) is not None)
+    spread = [max(r) / min(r) for r in ([x.rms for x in check.rows if x.module == m and x.step == 3]
+                                        for m in check.modules)]
+    return bool(spread) and max(spread) < 1.5
+
+
+def survey(name: str, check: bool = True) -> dict:
     _, _, _, kind, options = ARCHITECTURES[name]
     factory = survey_factory(name)
     options = {"width_multiple": 8, **options}
@@ -103,21 +156,51 @@ def survey(name: str) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            f = ezp.wrap(factory, base_width=32, **options)
+            started = time.perf_counter()
+            f = ezp.wrap(factory, base_width=32, base_depth=2, **options)
             plan = f.plan(width=128)
+            row["analysis seconds"] = round(time.perf_counter() - started, 1)
+            row["trace"] = str(f.analysis.forward)
             model = f(width=128)
-            out = model(*inputs(kind))
-            logits = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
             opt = ezp.get_mup_optimizer(model, lr=1e-3, optimizer="adamw")
-            logits.float().square().mean().backward()
+            output_of(model(*inputs(kind))).float().square().mean().backward()
             opt.step()
             row["attention"] = sorted({a.via for a in plan.attention.values()}) or "none grows"
-            row["tied readout"] = bool(plan.multipliers)
+            row["tied readout"] = any(r.tied_readout for r in f.analysis.roles.values())
+            row["width constants"] = list(plan.constants)
             row["ok"] = True
         except Exception as exc:  # the survey reports every failure, whatever its kind
             row["ok"], row["error"] = False, f"{type(exc).__name__}: {str(exc)[:300]}"
+        if row["ok"] and check:
+            blocks = "|".join(re.escape(s.template).replace(r"\{i\}", r"\d+") for s in f.table.stacks)
+            try:
+                row["coord check muP"] = coordinate_check(f, kind, blocks)
+                row["coord check SP"] = coordinate_check(factory, kind, blocks)
+            except Exception as exc:  # reported in the table, with the rest of the row
+                row["coord check error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["warnings"] = sorted({str(w.message)[:160] for w in caught if issubclass(w.category, UserWarning)})
     return row
+
+
+WAYS_OUT = {  # architecture -> what stops a full pass, and the way out (for the README table)
+}
+
+
+def table(rows: list[dict]) -> str:
+    """The README's table: per architecture, plan and step, coordinate check, and how it was traced."""
+    lines = ["| architecture | plan + step | coord check muP / SP | traced | attention | held at base | way out |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        check = (f"{'pass' if r['coord check muP'] else 'FAIL'} / {'pass' if r['coord check SP'] else 'fail'}"
+                 if "coord check SP" in r else "error" if "coord check error" in r else "-")
+        trace = r.get("trace", "-").replace("traced on ", "")
+        attention = ", ".join(r["attention"]) if isinstance(r.get("attention"), list) else r.get("attention", "-")
+        held = "; ".join(c.split(":")[0].split(" multiplies")[0].split(" divides")[0]
+                         for c in r.get("width constants", [])) or "-"
+        way_out = WAYS_OUT.get(r["architecture"], r.get("coord check error", "")[:120] if r["ok"] else r["error"][:120])
+        lines.append(f"| {r['architecture']} | {'ok' if r['ok'] else 'ERROR'} | {check} | {trace} | {attention} "
+                     f"| {held} | {way_out} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -128,13 +211,21 @@ def main() -> None:
     for name in names:
         row = survey(name)
         rows.append(row)
-        status = f"attention {row['attention']}, tied readout {row['tied readout']}" if row["ok"] else row["error"]
-        print(f"{name:11s} {'ok ' if row['ok'] else 'ERR'} {status[:150]}")
+        status = (f"coord check muP {row.get('coord check muP')} SP {row.get('coord check SP')}, {row.get('trace')}, "
+                  f"attention {row['attention']}" if row["ok"] else row["error"])
+        print(f"{name:11s} {'ok ' if row['ok'] else 'ERR'} {status[:150]}", flush=True)
         for w in row["warnings"][:3]:
             print(f"{'':15s} warning: {w}")
-    out = ROOT / "docs" / "results" / "architectures.json"
+    print(table(rows))
     if not sys.argv[1:]:
+        out = ROOT / "docs" / "results" / "architectures.json"
         out.write_text(json.dumps(rows, indent=2))
+        readme = ROOT / "README.md"
+        start, end = "<!-- architectures table: benchmarks/architectures.py -->", "<!-- end of architectures table -->"
+        text = readme.read_text()
+        if start in text:
+            head, rest = text.split(start)
+            readme.write_text(head + start + "\n" + table(rows) + "\n" + end + rest.split(end)[1])
         print(f"wrote {out}")
 
 

@@ -32,8 +32,9 @@ from .branches import branches_from_globs, find_branches
 from .inits import RANDOM, InitLaw, checked_laws, draws, init_laws, model_laws, recording, zero_init_targets
 from .roles import Role, classify
 from .shapes import WIDTH
+from .constants import MODES, WidthConstant, width_constants
 from .trace import ShapeTable, build_on_meta, probe, probe_depth, shape_table, smallest_width_multiple
-from .usage import ForwardTrace, Use, meta_inputs, trace_forward, width_dependent_numbers
+from .usage import ForwardTrace, TraceRun, Use, example_batch, trace_anywhere, trace_run
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class AnalysisOptions:
     branches: tuple[str, ...] | None = None  # the user's residual-branch globs (None: found by the trace)
     zero_init: tuple[str, ...] = ()
     trace: bool = True
+    width_constants: str = "correct"  # numbers that change with the width: "correct", "warn" or "error"
     fixed_kwargs: dict[str, str] = field(default_factory=dict)  # the factory's other arguments, as repr()
     source: str = "factory"  # "factory": probed at several primes; "model": one model built at the sentinel
 
@@ -65,9 +67,11 @@ class Analysis:
     branches: dict[str, str]  # residual-branch module templates -> "fold" or "hook"
     attention: dict[str, AttentionSpec]  # attention module templates whose head dim grows -> their route
     zeroed: frozenset[str]  # parameter templates that start at zero (zero_init)
-    width_numbers: tuple[str, ...]  # numbers outside attention that change with the width
+    width_numbers: tuple[str, ...]  # numbers outside attention that change with the width, left as they are
     inits: dict[str, InitLaw]  # parameter templates -> the factory's init law in width and depth
     init_builds: int  # seeded CPU builds at base that checked (or measured) the laws; 0: the user's own model
+    forward: TraceRun = TraceRun("meta")  # where the traced forwards ran (meta, or CPU where meta failed)
+    width_constants: tuple[WidthConstant, ...] = ()  # numbers that change with the width, held at their base value
     notes: tuple[str, ...] = ()  # what the analysis warned about (said again when it is read from a cache)
 
     def to_json(self) -> str:
@@ -81,7 +85,8 @@ class Analysis:
         o, t = self.options, self.table
         lines = [f"Analysis of a {o.source} at base width {o.base_width}"
                  + (f", base depth {o.base_depth}" if o.base_depth is not None else "")
-                 + f", probed at widths {list(t.widths)}" + ("" if self.uses is not None else ", forward not traced")]
+                 + f", probed at widths {list(t.widths)}, forward {self.forward}"
+                 + (f" ({self.forward.reason})" if self.forward.reason else "")]
         lines += [f"  stack {s.template}: {s.per_depth}*depth{s.offset:+d} blocks" for s in t.stacks]
         for name, p in t.params.items():
             r, law = self.roles[name], self.inits[t.template(name)]
@@ -93,6 +98,8 @@ class Analysis:
         lines += [f"  attention {m}: head dim {a.head_dim}, route {a.via}" + (f" via {a.query}" if a.query else "")
                   for m, a in self.attention.items()]
         lines += [f"  width-dependent number: {n}" for n in self.width_numbers]
+        lines += [f"  width-dependent number held at base: {c.note}, on {c.module} ({c.how})"
+                  for c in self.width_constants]
         lines.append(f"  init laws checked on {self.init_builds} seeded build(s) at base")
         return "\n".join(lines)
 
@@ -134,19 +141,16 @@ def analyse_factory(factory: Callable[..., nn.Module], options: AnalysisOptions,
         depths = () if first_depth is None else tuple(range(first_depth, first_depth + 3))
         width_draws, depth_draws = seen[:len(o.sentinels)], [seen[0], *seen[len(o.sentinels):]] if depths else ()
         laws = init_laws(table, width_draws, depths, depth_draws)
-        traces = _traces(models, example_inputs, o.trace)
+        on_cpu = [lambda w=w: factory(**kwargs(w, first_depth)) for w in table.widths]
+        traces = _traces(models, on_cpu, example_inputs, o, table)
     except RuntimeError as exc:  # the factory or its forward failed at a sentinel width
         hint = width_multiple_hint(factory, o, kwargs(None), example_inputs)
         if hint is None:
             raise
         raise RuntimeError(hint) from exc
-    numbers = () if len(traces) < 2 else tuple(width_dependent_numbers(traces[0], traces[1], table.widths[:2]))
-    for note in numbers:
-        warnings.warn(f"{note}: a number that changes with the width, which muP does not account for. Make it "
-                      "a constant in the factory, or check the transfer with a coordinate check", stacklevel=3)
     checks = dict.fromkeys([(_check_width(o), first_depth), (o.base_width, o.base_depth)])
     laws, builds = checked_laws(factory, laws, table, [(kwargs(w, d), (w, d)) for w, d in checks])
-    return learn(table, models[0], traces, o, numbers, laws, builds, example_inputs)
+    return learn(table, models[0], traces, o, laws, builds)
 
 
 def _probes(factory: Callable[..., nn.Module], o: AnalysisOptions, kwargs: Callable[..., dict]):
@@ -197,7 +201,7 @@ def width_multiple_hint(factory: Callable[..., nn.Module], options: AnalysisOpti
             if o.trace:
                 model.eval()
                 with torch.no_grad():
-                    model(*meta_inputs(model, example_inputs))
+                    model(*example_batch(model, example_inputs))
         except Exception as exc:  # the user's factory and forward: any failure counts
             return exc
         return None
@@ -229,53 +233,84 @@ def analyse_model(model: nn.Module, options: AnalysisOptions) -> Analysis:
                          f"{options.sentinels[0]}: build the model at width={options.sentinels[0]} before passing "
                          "width=... to get_mup_optimizer")
     try:
-        traces = _traces([meta], None, options.trace)
+        traces = _traces([meta], [lambda: copy.deepcopy(model).cpu()], None, options, table)
     except (RuntimeError, ValueError) as exc:  # get_mup_optimizer takes no example inputs: fall back, say so
         warnings.warn(f"the forward was not traced, so roles come from layer types: {exc}", stacklevel=4)
         traces = []
-    return learn(table, meta, traces, options, (), model_laws(table, model), 0, None)
+    return learn(table, meta, traces, options, model_laws(table, model), 0)
 
 
 def learn(table: ShapeTable, meta_model: nn.Module, traces: Sequence[ForwardTrace], options: AnalysisOptions,
-          width_numbers: tuple[str, ...], inits: dict[str, InitLaw], init_builds: int,
-          example_inputs: Any) -> Analysis:
-    """The stages after the probes, the same for both front doors: roles, branches, attention, zero-init.
+          inits: dict[str, InitLaw], init_builds: int) -> Analysis:
+    """The stages after the probes, the same for both front doors: roles, branches, attention, zero-init,
+    width-dependent numbers.
 
-    ``traces[i]`` ran at ``table.widths[i]`` (none: not traced); ``meta_model`` is the first probe's build;
-    ``inits`` are the init laws by parameter template, checked on ``init_builds`` seeded builds.
+    ``traces[i]`` ran at ``table.widths[i]`` (with ``trace=False``, at most one, for the residual adds only);
+    ``meta_model`` is the first probe's build; ``inits`` are the init laws by parameter template, checked on
+    ``init_builds`` seeded builds.
     """
+    adds = traces[0].adds if traces else ()
+    traces = traces if options.trace else []
     uses = traces[0].uses if traces else None
     roles = classify(table, options.roles, uses)
-    branches = _branches(meta_model, table, options.branches, example_inputs)
+    branches = _branches([n for n, _ in meta_model.named_modules()], table, options.branches, adds)
     drawn = {t for t, law in inits.items() if law.kind in (*RANDOM, "unread")}
     attention = attention_routes(table, [t.attention for t in traces], drawn)
     zeroed = zero_init_targets(table, roles, options.zero_init, traces[0].attention if traces else None)
-    return Analysis(options, table, uses, roles, branches, attention, zeroed, width_numbers, inits, init_builds)
+    constants, numbers = _width_constants(traces, table, drawn, options.width_constants)
+    return Analysis(options, table, uses, roles, branches, attention, zeroed, numbers, inits, init_builds,
+                    trace_run(traces), constants)
 
 
-def _traces(models: Sequence[nn.Module], example_inputs: Any, enabled: bool) -> list[ForwardTrace]:
-    """Parameter uses and attention from a meta forward at each probe width ([] when not traced).
+def _width_constants(traces: Sequence[ForwardTrace], table: ShapeTable, drawn: set[str],
+                     mode: str) -> tuple[tuple[WidthConstant, ...], tuple[str, ...]]:
+    """The corrections (under "correct") and the numbers left as they are, each warned about ("error": refused)."""
+    if mode not in MODES:
+        raise ValueError(f"width_constants={mode!r} is unknown; choose one of {MODES}")
+    corrections, notes = ((), ()) if len(traces) < 2 else width_constants(
+        traces[0], traces[1], table.widths[:2], table, drawn, correct=mode == "correct")
+    if notes and mode == "error":
+        raise ValueError("numbers that change with the width (width_constants='error'):\n  " + "\n  ".join(notes))
+    for note in notes:
+        warnings.warn(f"{note}: a number that changes with the width, which muP does not account for"
+                      + (" and which ezmup_plus cannot hold at its base value here" if mode == "correct" else "")
+                      + ". Make it a constant in the factory, or check the transfer with a coordinate check",
+                      stacklevel=5)
+    return corrections, notes
+
+
+def _traces(models: Sequence[nn.Module], on_cpu: Sequence[Callable[[], nn.Module]], example_inputs: Any,
+            options: AnalysisOptions, table: ShapeTable) -> list[ForwardTrace]:
+    """Parameter uses, attention and residual adds from a forward at each probe width ([] when not traced).
 
     Uses are the same at every width, so they are followed once; a second width shows which numbers
-    change with the width, and the third is traced only to fit the head dims of attention, if any.
+    change with the width, and the third is traced only to fit the head dims of attention, if any. Each
+    runs on meta, or on CPU once meta has failed (``on_cpu[i]`` builds the model at ``table.widths[i]``).
+    With ``trace=False`` one forward still finds the residual branches of a depth-repeated stack, unless
+    they are named.
     """
-    if not enabled:
+    if not options.trace:
         warnings.warn("trace=False: roles come from layer types and conventions, tied weights from aliasing, and "
-                      "attention logits keep the factory's 1/sqrt(d_head)", stacklevel=4)
-        return []
-    traces = [trace_forward(models[0], example_inputs)]
-    for model in models[1:] if traces[0].attention else models[1:2]:
-        traces.append(trace_forward(model, example_inputs, follow_params=False))
+                      "attention logits keep the factory's 1/sqrt(d)", stacklevel=4)
+        if not table.stacks or options.branches is not None:
+            return []
+        return [trace_anywhere(models[0], on_cpu[0], follow_params=False)]
+    traces = [trace_anywhere(models[0], on_cpu[0], example_inputs)]
+    more = len(models) if traces[0].attention else 2
+    for model, build in list(zip(models, on_cpu))[1:more]:
+        traces.append(trace_anywhere(model, build, example_inputs, follow_params=False,
+                                     on_meta=traces[0].device == "meta"))
     return traces
 
 
-def _branches(model: nn.Module, table: ShapeTable, globs: Sequence[str] | None, example_inputs: Any) -> dict[str, str]:
+def _branches(modules: Sequence[str], table: ShapeTable, globs: Sequence[str] | None,
+              adds: Sequence[str]) -> dict[str, str]:
     """Residual-branch output modules of the repeated blocks (templates -> "fold" or "hook")."""
     if not table.stacks:
         return {}
     if globs is not None:
-        return branches_from_globs(model, table, globs)
-    return find_branches(model, table, example_inputs)
+        return branches_from_globs(modules, table, globs)
+    return find_branches(adds, table)
 
 
 # --- exact JSON: plain types out, the dataclass field types say how to read them back ------------

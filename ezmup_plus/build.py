@@ -17,30 +17,37 @@ from torch import nn
 from . import rules
 from .analysis import Analysis, AnalysisOptions, analyse_factory, plain, say
 from .cache import analysis_key, cache_dir, load, store
+from .constants import MODES as WIDTH_CONSTANT_MODES
 from .inits import ZERO_INITS
 from .plan import MupPlan, make_plan
 from .trace import DEFAULT_SENTINELS, ShapeTable
-from .usage import SCALE_ATTR
+from .usage import SCALE_ATTR, RowBlocks
 
 PLAN_ATTR = "_ezmup_plan"
 ATTN_SCALES = ("auto", "1/d", "1/sqrt(d)")
+
+
+def row_scale(scale: float, rows: RowBlocks, like: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """A multiplier broadcasting along ``dim`` of ``like``: ``scale`` on ``rows``, 1 elsewhere."""
+    vector = torch.ones(like.shape[dim], dtype=like.dtype, device=like.device)
+    vector[rows.index()] = scale
+    return vector.view(-1, *(1,) * (like.dim() - 1 - dim % like.dim()))
 
 
 class OutputScale:
     """Forward hook multiplying a module's output by a constant (a muP forward multiplier); with ``rows``,
     only those rows of the output's last dim (the queries of a fused QKV projection)."""
 
-    def __init__(self, scale: float, rows: tuple[int, int] | None = None):
+    def __init__(self, scale: float, rows: RowBlocks | None = None):
         self.scale = scale
         self.rows = rows
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"a muP output multiplier needs a tensor output, got {type(output).__name__}")
-        if self.rows is None or self.rows == (0, output.shape[-1]):
+        if self.rows is None or self.rows == RowBlocks(0, output.shape[-1]):
             return output * self.scale
-        start, stop = self.rows
-        return torch.cat([output[..., :start], output[..., start:stop] * self.scale, output[..., stop:]], dim=-1)
+        return output * row_scale(self.scale, self.rows, output)
 
     def __repr__(self) -> str:
         return f"OutputScale({self.scale:g}" + ("" if self.rows is None else f", rows={self.rows}") + ")"
@@ -58,6 +65,31 @@ class InputScale:
 
     def __repr__(self) -> str:
         return f"InputScale({self.scale:g})"
+
+
+class WeightRowScale:
+    """Forward pre-hook scaling rows of a module's own weight and bias for the forward: the query rows of
+    ``nn.MultiheadAttention``'s ``in_proj_weight``, which its kernel uses internally. The scaled tensors shadow
+    the parameters in the module's ``__dict__`` until :meth:`restore` (its forward hook) removes them."""
+
+    NAMES = ("in_proj_weight", "in_proj_bias")
+
+    def __init__(self, scale: float, rows: RowBlocks):
+        self.scale = scale
+        self.rows = rows
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        for name in self.NAMES:
+            p = module._parameters.get(name)
+            if p is not None:
+                module.__dict__[name] = p * row_scale(self.scale, self.rows, p, dim=0)
+
+    def restore(self, module: nn.Module, args: tuple, output: Any) -> None:
+        for name in self.NAMES:
+            module.__dict__.pop(name, None)
+
+    def __repr__(self) -> str:
+        return f"WeightRowScale({self.scale:g}, rows={self.rows})"
 
 
 def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
@@ -83,7 +115,11 @@ def apply_plan(model: nn.Module, plan: MupPlan) -> nn.Module:
         if a.via == "scaling":
             setattr(modules[module_name], SCALE_ATTR, getattr(modules[module_name], SCALE_ATTR) * a.factor)
         elif a.via == "query":
-            modules[a.query].register_forward_hook(OutputScale(a.factor, (a.start, a.stop)))
+            modules[a.query].register_forward_hook(OutputScale(a.factor, a.rows))
+        elif a.via == "weight":
+            scale = WeightRowScale(a.factor, a.rows)
+            modules[a.query].register_forward_pre_hook(scale)
+            modules[a.query].register_forward_hook(scale.restore)
     for module_name, scale in plan.multipliers.items():
         modules[module_name].register_forward_hook(OutputScale(scale))
     for module_name, scale in plan.input_multipliers.items():
@@ -171,6 +207,7 @@ class MupFactory:
         trace: bool = True,
         cache: bool | str | None = None,
         conventions: str = rules.DEFAULT_CONVENTIONS,
+        width_constants: str = "correct",
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -183,6 +220,8 @@ class MupFactory:
         for arg in (width_arg, depth_arg if base_depth is not None else None):
             if arg in fixed_kwargs:
                 raise ValueError(f"'{arg}' is set per build (f(width=..., depth=...)); do not also pass it to wrap")
+        if width_constants not in WIDTH_CONSTANT_MODES:
+            raise ValueError(f"width_constants={width_constants!r} is unknown; choose one of {WIDTH_CONSTANT_MODES}")
         unknown = set(zero_init) - set(ZERO_INITS)
         if unknown:
             raise ValueError(f"zero_init={list(zero_init)}: {sorted(unknown)} unknown; choose from 'readout', 'query'")
@@ -192,7 +231,7 @@ class MupFactory:
             sentinels=tuple(sentinels) if sentinels else _sentinels_from(sentinel), width_multiple=width_multiple,
             width_arg=width_arg, depth_arg=depth_arg, roles=dict(roles or {}),
             branches=tuple(branches) if branches is not None else None, zero_init=tuple(zero_init), trace=trace,
-            fixed_kwargs={k: repr(v) for k, v in fixed_kwargs.items()})
+            width_constants=width_constants, fixed_kwargs={k: repr(v) for k, v in fixed_kwargs.items()})
         self.parametrization = parametrization
         self.depth_alpha = depth_alpha
         self.attn_scale = attn_scale

@@ -47,8 +47,9 @@ class MupConfig:
     branches: list | None = None
     attn_scale: str = "auto"  # auto | 1/d | 1/sqrt(d)
     zero_init: list = field(default_factory=list)  # readout, query
-    trace: bool = True  # false: roles from layer types only, for a forward that cannot run on meta tensors
+    trace: bool = True  # false: roles from layer types only, for a forward that cannot be traced at all
     conventions: str = "ezmup_plus"  # ezmup_plus | microsoft_mup (rules.CONVENTIONS)
+    width_constants: str = "correct"  # numbers that change with the width: correct | warn | error
 
 
 @dataclass
@@ -230,7 +231,7 @@ def build_factory(cfg: Config):
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
                 branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, trace=mup.trace,
-                conventions=mup.conventions, **m.kwargs)
+                conventions=mup.conventions, width_constants=mup.width_constants, **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .build import plan_of, planned_module
+from .build import plan_of, planned_module, row_scale
 from .trace import parameter_layout
+from .usage import RowBlocks
 
 # where a module's output features live in its weight and bias (the dim that the output's last dim indexes)
-OUTPUT_DIM = {"Linear": 0, "Conv1D": 1, "Embedding": 1, "LayerNorm": 0, "RMSNorm": 0, "LlamaRMSNorm": 0}
+OUTPUT_DIM = {"Linear": 0, "Conv1D": 1, "Embedding": 1, "LayerNorm": 0, "RMSNorm": 0, "LlamaRMSNorm": 0,
+              "MultiheadAttention": 0}  # its in_proj_weight and bias: the attention factor's query rows
 CHANNEL_FIRST = {"Conv1d": 0, "Conv2d": 0, "Conv3d": 0}  # output channels: foldable only as a whole
 
 
@@ -36,7 +38,7 @@ def export_standard(model: nn.Module) -> dict[str, torch.Tensor]:
     problems = [f"the queries of {name} come from no module found in the trace: its logit factor "
                 f"{a.factor:.4g} has no weight to go into" for name, a in plan.attention.items() if a.query is None]
     folds = [(name, scale, None) for name, scale in plan.multipliers.items()]
-    folds += [(a.query, a.factor, (a.start, a.stop)) for a in plan.attention.values()
+    folds += [(a.query, a.factor, a.rows) for a in plan.attention.values()
               if a.query is not None and a.via != "fold"]  # a folded factor is in the weights already
     for name, scale, rows in folds:
         problem = _fold(state, name, modules.get(name), scale, rows, shared)
@@ -52,7 +54,7 @@ def export_standard(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fold(state: dict[str, torch.Tensor], name: str, module: nn.Module | None, scale: float,
-          rows: tuple[int, int] | None, shared: dict[str, list[str]]) -> str | None:
+          rows: RowBlocks | None, shared: dict[str, list[str]]) -> str | None:
     """Multiply the output features ``rows`` of ``module`` by ``scale`` in ``state``; a reason if it cannot."""
     kind = type(module).__name__
     prefix = f"{name}." if name else ""
@@ -75,8 +77,10 @@ def _fold(state: dict[str, torch.Tensor], name: str, module: nn.Module | None, s
     for p in owned:
         tensor = state[p]
         d = dim if tensor.dim() > 1 else 0
-        start, stop = rows if rows is not None else (0, tensor.shape[d])
-        tensor.narrow(d, start, stop - start).mul_(scale)
+        if rows is None:
+            tensor.mul_(scale)
+        else:
+            tensor.mul_(row_scale(scale, rows, tensor, dim=d))
     return None
 
 

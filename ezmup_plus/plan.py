@@ -8,7 +8,7 @@ factory's own init stds at base; it never touches a model.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Mapping
 
 import sympy
@@ -20,6 +20,7 @@ from .attention import AttentionSpec, unroutable_error
 from .inits import RANDOM
 from .shapes import WIDTH, evaluate
 from .trace import ShapeTable
+from .usage import RowBlocks
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,30 @@ class AttentionScale:
     """muP's 1/d_head instead of 1/sqrt(d_head) for one attention module, relative to base."""
 
     factor: float  # on the logits
-    via: str  # "scaling" (the module's attribute is multiplied), "fold" (into the query projection) or "query" (a hook)
-    query: str | None = None  # the module whose output rows [start, stop) are the queries
+    via: str  # "scaling" (the module's attribute is multiplied), "fold" (into the query projection), "query" (a hook
+    # on the query rows of a module output) or "weight" (on the query rows of the module's own in_proj_weight)
+    query: str | None = None  # the module whose output rows start:stop (``blocks`` times, every ``every``) are the queries
     start: int = 0
     stop: int = 0
+    every: int = 0
+    blocks: int = 1
+
+    @property
+    def rows(self) -> RowBlocks:
+        return RowBlocks(self.start, self.stop, self.every, self.blocks)
+
+
+ADDED_FIELDS = ("conventions", "input_multipliers", "forward", "constants", "every", "blocks")
+"""Written only where not at their default, so plans made before they existed read the same."""
+
+
+def _without_defaults(record) -> dict:
+    return {f.name: getattr(record, f.name) for f in fields(record)
+            if f.name not in ADDED_FIELDS or getattr(record, f.name) != _default(f)}
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,8 @@ class MupPlan:
     depth_alpha: float | None = None
     conventions: str = rules.DEFAULT_CONVENTIONS  # a name in rules.CONVENTIONS
     input_multipliers: dict[str, float] = field(default_factory=dict)  # module name -> multiplier on its input
+    forward: str = "meta"  # where the analysis traced the forward: "meta", "cpu" (meta failed) or "none"
+    constants: tuple[str, ...] = ()  # numbers that change with the width, held at base: how, for the table
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -106,6 +129,7 @@ class MupPlan:
             head += f", depth {self.depth} (base {self.base_depth}, alpha {self.depth_alpha})"
         if self.conventions != rules.DEFAULT_CONVENTIONS:
             head += f", conventions {self.conventions}"
+        head += ", not traced" if self.forward == "none" else f", traced on {self.forward}"
         columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult",
                    *EFFECTIVE_COLUMNS)
         rows = [columns]
@@ -129,23 +153,21 @@ class MupPlan:
         lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"forward multiplier on {m}: {v:.4g}" for m, v in self.multipliers.items()]
         lines += [f"forward multiplier on the input of {m}: {v:.4g}" for m, v in self.input_multipliers.items()]
+        lines += [f"width-dependent number held at its base value: {c}" for c in self.constants]
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
-               "query": lambda a: f"rows {a.start}:{a.stop} of {a.query}"}
+               "query": lambda a: f"rows {_rows(a)} of {a.query}",
+               "weight": lambda a: f"rows {_rows(a)} of {a.query}'s in_proj_weight and bias"}
         lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
                   + how[a.via](a) for m, a in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """Plain types only (sympy shapes as strings), for YAML/JSON. The conventions and input multipliers appear
-        only where they are not the defaults, so a plan under the default conventions reads as it always did."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
-        for name, default in (("conventions", rules.DEFAULT_CONVENTIONS), ("input_multipliers", {})):
-            if out[name] == default:
-                del out[name]
+        """Plain types only (sympy shapes as strings), for YAML/JSON. Fields added since the first plans (the
+        conventions, input multipliers, where the forward was traced...) appear only where they are not their
+        defaults, so a plan made as before reads as it always did."""
+        out = {k: v for k, v in _without_defaults(self).items() if k != "tensors"}
         out["multipliers"] = dict(self.multipliers)
-        if self.input_multipliers:
-            out["input_multipliers"] = dict(self.input_multipliers)
-        out["attention"] = {m: asdict(a) for m, a in self.attention.items()}
+        out["attention"] = {m: _without_defaults(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
 
@@ -155,6 +177,7 @@ class MupPlan:
     @classmethod
     def from_dict(cls, data: Mapping) -> MupPlan:
         data = dict(data)
+        data["constants"] = tuple(data.get("constants", ()))
         tensors = {t["name"]: _tensor_from_dict(t) for t in data.pop("tensors")}
         attention = {m: AttentionScale(**a) for m, a in data.pop("attention", {}).items()}
         return cls(tensors=tensors, attention=attention, **data)
@@ -243,6 +266,10 @@ def _effective_cells(t: TensorPlan, e: EffectiveNumbers) -> tuple[str, str, str,
     return std, f"{e.lr_factor:.4g}", f"{e.eps_factor:.4g}", f"{e.where} {e.multiplier:.4g}" if e.where else ""
 
 
+def _rows(a: AttentionScale) -> str:
+    return f"{a.start}:{a.stop}" + (f" every {a.every} ({a.blocks} blocks)" if a.blocks > 1 else "")
+
+
 def _tensor_to_dict(t: TensorPlan) -> dict:
     d = {f.name: getattr(t, f.name) for f in fields(t)}
     d["shape_expr"] = [str(e) for e in t.shape_expr]
@@ -299,6 +326,8 @@ def make_plan(
     base = (base_width, table.depth)
     query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
                    for template, spec in attention.items() if spec.via == "fold"}
+    constant_folds = {c.module: c.factor(base_width, width) for c in analysis.width_constants
+                      if c.how == "fold" and parametrization != "sp"}
     tensors: dict[str, TensorPlan] = {}
     multipliers: dict[str, float] = {}
     input_multipliers: dict[str, float] = {}
@@ -318,7 +347,8 @@ def make_plan(
         )
         s = rules.scaling(parametrization, family, scale, alpha, conv)
         module = template.rpartition(".")[0]
-        fold = (branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+        fold = ((branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
+                * constant_folds.get(module, 1.0))
         if fold != 1.0:
             s = rules.fold(family, s, fold)
         multiplier = rules.readout_multiplier(parametrization, scale, conv)
@@ -357,19 +387,28 @@ def make_plan(
     for template, kind in analysis.branches.items():  # per module: a hooked branch may own no parameter itself
         if kind == "hook":
             multipliers.update({name: branch_multiplier for name in module_names(table, template, depth)})
+    constants = []
+    for c in analysis.width_constants if parametrization != "sp" else ():
+        factor = c.factor(base_width, width)
+        if c.how == "hook":
+            for name in module_names(table, c.module, depth):
+                multipliers[name] = multipliers.get(name, 1.0) * factor
+        constants.append(f"{c.note}: x {factor:.4g} on {c.module or 'the root module'}"
+                         + (" (folded into its init and LR)" if c.how == "fold" else ""))
     logit_factors = {}
     for template, spec in attention.items():
         factor = _logit_factor(spec, template, base_width, width)
         if factor == 1.0:
             continue
-        start, stop = (evaluate(e, width, what=f"the query rows of {template}") for e in (spec.start, spec.stop))
+        rows = [evaluate(e, width, what=f"the query rows of {template}")
+                for e in (spec.start, spec.stop, spec.every, spec.blocks)]
         queries = module_names(table, spec.query, depth) if spec.query else []
         for i, name in enumerate(module_names(table, template, depth)):
             query = queries[i] if len(queries) > 1 else (queries or [None])[0]
-            logit_factors[name] = AttentionScale(factor, spec.via, query, start, stop)
+            logit_factors[name] = AttentionScale(factor, spec.via, query, *rows)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
-                   conventions, input_multipliers)
+                   conventions, input_multipliers, analysis.forward.device, tuple(constants))
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:

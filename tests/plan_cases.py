@@ -22,7 +22,7 @@ from ezmup_plus.models import hf  # noqa: E402
 from ezmup_plus.models.cnn import CNN  # noqa: E402
 from ezmup_plus.models.gpt import GPT  # noqa: E402
 from ezmup_plus.models.mlp import MLP  # noqa: E402
-from tiny_models import HookResNet, TiedLM, TinyTransformer  # noqa: E402
+from tiny_models import DenseMoE, HookResNet, IndexAddMoE, TiedLM, TinyTransformer  # noqa: E402
 
 IMAGES = lambda: (torch.randn(2, 3, 16, 16),)  # noqa: E731
 NAMED_TEST_MODELS = {  # test module -> (class, wrap options) of the module-level models wrapped there
@@ -30,7 +30,8 @@ NAMED_TEST_MODELS = {  # test module -> (class, wrap options) of the module-leve
     "test_usage": {"StoredInOut": dict(base_width=32, width_multiple=4, example_inputs=(torch.randn(2, 8),)),
                    "SameWithLinears": dict(base_width=32), "TiedMatmulLM": dict(base_width=32),
                    "Cumsum": dict(base_width=32), "ScaledEmbedding": dict(base_width=32),
-                   **dict.fromkeys(("PerHeadFused", "MultiQueryFused", "NormalizedQueries", "TorchEncoder"),
+                   **dict.fromkeys(("PerHeadFused", "MultiQueryFused", "InterleavedQKV", "NormalizedQueries",
+                                    "TorchEncoder"),
                                    dict(base_width=16, width_multiple=2))},
 }
 
@@ -53,6 +54,8 @@ def cases() -> dict[str, tuple]:
         "hf_vit": (hf.vit, dict(base_width=32, base_depth=2, width_multiple=4, example_inputs=IMAGES), (64, 128), 4),
         "tied_lm": (TiedLM, dict(base_width=16, vocab=32), (64, 128), None),
         "hook_resnet": (HookResNet, dict(base_width=32, base_depth=2), (64, 128), 4),
+        "dense_moe": (DenseMoE, dict(base_width=32), (64, 128), None),
+        "index_add_moe": (IndexAddMoE, dict(base_width=32), (64, 128), None),
     }
     for kernel, fused, q_norm in (("matmul", False, False), ("sdpa", True, False), ("sdpa", False, True),
                                   ("softcap", False, False)):

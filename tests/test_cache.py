@@ -81,7 +81,7 @@ def test_warnings_are_said_again_from_the_cache(cache):
 
     for _ in range(2):  # the second wrap reads the first one's analysis, and warns the same
         with pytest.warns(UserWarning, match="a number that changes with the width"):
-            ezp.wrap(Scaled, base_width=16).plan(width=64)
+            ezp.wrap(Scaled, base_width=16, width_constants="warn").plan(width=64)
 
 
 def test_no_cache_for_what_cannot_be_keyed_and_when_switched_off(cache, analyses, monkeypatch):

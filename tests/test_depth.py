@@ -69,9 +69,9 @@ def in_block(ref):
     return ln, [m.weight for m in ref.fc1] + [m.weight for m in ref.fc2], [m.bias for m in ref.fc1] + [m.bias for m in ref.fc2]
 
 
-def train_and_compare(model, opt, ref, ref_opt, steps=4):
+def train_and_compare(model, opt, ref, ref_opt, steps=4, outputs=1):
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
+    x, y = torch.randn(32, 8, generator=g), torch.randn(32, outputs, generator=g)
     for _ in range(steps):
         for net, o in ((model, opt), (ref, ref_opt)):
             o.zero_grad()
@@ -345,3 +345,55 @@ def test_a_norm_ending_the_branch_gets_a_hook_not_a_fold():
             ln = b["ln"]
             h = h + 0.25 * nn.functional.layer_norm(b["fc"](h), (32,), ln.weight, ln.bias, ln.eps)
         torch.testing.assert_close(model(x), model.out(h))
+
+
+# --- residual branches behind a scalar or a gain -------------------------------------------------
+
+class LayerScale(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), 0.1))
+
+
+class ScaledResMLP(ResMLP):
+    """ResMLP with its branch behind a number or a layer-scale gain, as CompleteP-ready code writes it;
+    ``branch`` is an extra explicit multiplier, for the hand-written reference."""
+
+    def __init__(self, width, depth, form="c*f", branch=1.0):
+        super().__init__(width, depth)
+        self.form, self.branch, self.c = form, branch, {"c*f": 0.5, "f*c": 0.5, "f/c": 2.0}.get(form, 1.0)
+        self.out = nn.Linear(width, 64)  # a readout of 2048 weights: its base std is measured in a few builds
+        for b in self.blocks:
+            b["scale"] = LayerScale(width)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            f = b["fc2"](torch.relu(b["fc1"](b["ln"](x)))) * self.branch
+            x = x + {"c*f": lambda: self.c * f, "f*c": lambda: f * self.c, "f/c": lambda: f / self.c,
+                     "gamma*f": lambda: b["scale"].gamma * f}[self.form]()
+        return self.out(x)
+
+
+@pytest.mark.parametrize("form", ["c*f", "f*c", "gamma*f", "f/c"])
+def test_a_branch_behind_a_scalar_or_a_gain_trains_as_the_reference_completep(form):
+    """At 4x depth: outputs and 10 AdamW steps equal the same network with the branch multiplier 1/4 written
+    out, its fc2 un-folded, and CompleteP's eps x m_L^-1 inside the blocks set by hand."""
+    m_l, lr, eps = 4, 1e-2, 1e-8
+    f = ezp.wrap(ScaledResMLP, base_width=32, base_depth=2, form=form)
+    assert f.branches == {"blocks.{i}.fc2": "fold"}
+    torch.manual_seed(0)
+    model = f(width=32, depth=2 * m_l)
+    ref = ScaledResMLP(32, 2 * m_l, form, branch=1 / m_l)
+    ref.load_state_dict({k: v * m_l if ".fc2." in k else v for k, v in model.state_dict().items()})
+    in_blocks = [p for n, p in ref.named_parameters() if n.startswith("blocks.")]
+    ref_opt = torch.optim.AdamW([
+        {"params": [*ref.inp.parameters(), *ref.out.parameters()], "lr": lr},
+        {"params": in_blocks, "lr": lr, "eps": eps / m_l},
+    ], lr=lr, eps=eps, weight_decay=0.1)
+    opt = ezp.get_mup_optimizer(model, lr=lr, optimizer="adamw", eps=eps, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
+    train_and_compare(model, opt, ref, ref_opt, steps=10, outputs=64)

@@ -9,6 +9,7 @@ import ezmup_plus as ezp
 from ezmup_plus.data import lm_loss
 from ezmup_plus.models import hf
 from ezmup_plus.models.gpt import GPT
+from test_usage import InterleavedQKV, MultiQueryFused, TorchEncoder
 from tiny_models import HookResNet, TiedLM, TinyTransformer
 
 TOKENS = torch.randint(0, 16, (4, 9), generator=torch.Generator().manual_seed(0))
@@ -44,6 +45,13 @@ def test_a_query_row_hook_folds_into_its_module(options):
     f = ezp.wrap(TinyTransformer, base_width=16, width_multiple=2, **options)
     ours = trained(f(width=64))
     assert_plain_model_matches(ours, TinyTransformer(64, **options), (TOKENS,))
+
+
+@pytest.mark.parametrize("model", [MultiQueryFused, InterleavedQKV, TorchEncoder])
+def test_a_query_row_set_folds_into_its_rows(model):
+    """Falcon's heads + 2 layout, Bloom's per-head (q, k, v) rows, nn.MultiheadAttention's in_proj_weight."""
+    ours = trained(ezp.wrap(model, base_width=16, width_multiple=2)(width=64)).eval()
+    assert_plain_model_matches(ours, model(64).eval(), (TOKENS,))
 
 
 def test_a_branch_multiplier_on_a_norm_folds_into_its_gain_and_bias():

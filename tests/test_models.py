@@ -206,3 +206,34 @@ def test_zero_init_readout_and_unfused_query():
         ezp.wrap(TiedLM, base_width=32, zero_init=["readout"]).plan(width=64)
     with pytest.raises(ValueError, match=r"\['keys'\] unknown"):
         ezp.wrap(GPT, base_width=32, zero_init=["keys"])
+
+
+# --- Falcon and Bloom: query rows that are no single block of their fused QKV ------------------
+
+def test_falcon_and_bloom_logits_equal_a_hand_written_one_over_d(monkeypatch):
+    """Falcon's multi-query heads + 2 layout and Bloom's per-head (q, k, v) rows get 1/d on their query rows; the
+    reference is the plain model at the same width whose kernel is given the 1/d scale by hand."""
+    sdpa = nn.functional.scaled_dot_product_attention
+    for factory, rows in ((hf.falcon, (0, 128, 0, 1)), (hf.bloom, (0, 32, 96, 4))):
+        f = ezp.wrap(factory, base_width=32, width_multiple=8)
+        plan = f.plan(width=128)
+        a, tied = plan.attention["transformer.h.0.self_attention"], plan.multipliers["lm_head"]  # 1/m_w, tied readout
+        assert (a.factor, a.via, (a.start, a.stop, a.every, a.blocks)) == (pytest.approx(0.5), "query", rows)
+        torch.manual_seed(0)
+        ours = f(width=128)
+        reference = factory(128)
+        reference.load_state_dict(ours.state_dict())
+        for block in reference.transformer.h:  # Bloom passes this to baddbmm; Falcon's sdpa is given the scale
+            block.self_attention.inv_norm_factor *= a.factor
+        idx = TOKENS[:2, :9]
+        outputs = []
+        for model in (ours, reference):
+            with monkeypatch.context() as patch:
+                if model is reference:
+                    patch.setattr(nn.functional, "scaled_dot_product_attention",
+                                  lambda q, k, v, **kw: sdpa(q, k, v, scale=a.factor / q.shape[-1] ** 0.5, **kw))
+                outputs.append(model(idx).logits * (tied if model is reference else 1.0))
+                lm_loss(outputs[-1], idx).backward()
+        torch.testing.assert_close(*outputs)
+        for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -83,10 +83,19 @@ class NeedsValues(nn.Module):
         return self.out(torch.relu(self.lin(x)))
 
 
-def test_a_forward_that_fails_on_meta_is_an_error_unless_tracing_is_turned_off():
+def test_a_forward_that_fails_on_meta_runs_on_cpu_within_the_budget(monkeypatch):
+    """The meta forward cannot read a value; a real one at the sentinel widths (small by construction) can."""
     for inputs in (None, (torch.randn(2, 4),)):
-        with pytest.raises(RuntimeError, match="failed on meta tensors.*pass example_inputs=.*or trace=False"):
-            ezp.wrap(NeedsValues, base_width=32, example_inputs=inputs).plan(width=64)
+        f = ezp.wrap(NeedsValues, base_width=32, example_inputs=inputs)
+        plan = f.plan(width=64)
+        assert plan["out.weight"].role == "output" and plan["out.weight"].source == "trace"
+        run = f.analysis.forward
+        assert (run.device, run.forwards) == ("cpu", 2) and "item" in run.reason and 0 < run.peak_bytes < 2**20
+        assert str(plan).splitlines()[0].endswith("traced on cpu")
+    monkeypatch.setattr("ezmup_plus.usage.CPU_TRACE_BUDGET", 1000)  # the model at 47 takes 1132 bytes
+    with pytest.raises(RuntimeError, match=r"cannot run on meta tensors \(.*item.*\).*would build 0.00108 MiB.*"
+                                           r"above the 0.000954 MiB budget.*example_inputs=.*trace=False"):
+        ezp.wrap(NeedsValues, base_width=32).plan(width=64)
     with pytest.warns(UserWarning, match="trace=False: roles come from layer types"):
         plan = ezp.wrap(NeedsValues, base_width=32, trace=False).plan(width=64)
     assert plan["out.weight"].role == "output" and plan["out.weight"].source == "convention"
@@ -190,16 +199,32 @@ class PerHeadFused(TinyTransformer):
 class MultiQueryFused(TinyTransformer):
     """Falcon's multi-query layout: one projection of heads + 2 head dims, split after the heads view."""
 
-    def __init__(self, width):
-        super().__init__(width)
+    def __init__(self, width, logit_mult=1.0):
+        super().__init__(width, logit_mult=logit_mult)
         self.fused = nn.Linear(width, 2 * width)  # heads + 2 = 4 head dims of width / 2
 
     def forward(self, idx):
         x = self.emb(idx)
         b, t, c = x.shape
         qkv = self.fused(x).view(b, t, 4, c // 2)
-        q, k, v = qkv[:, :, :2].transpose(1, 2), qkv[:, :, 2:3].transpose(1, 2), qkv[:, :, 3:].transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q))
+        q, k, v = qkv[:, :, :2].transpose(1, 2), qkv[:, :, [2]].transpose(1, 2), qkv[:, :, [3]].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q), scale=self.attn.logit_mult / (c // 2)**0.5)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class InterleavedQKV(TinyTransformer):
+    """Bloom's layout: one projection whose rows are (q, k, v) per head, split after a (heads, 3, d) view."""
+
+    def __init__(self, width, logit_mult=1.0):
+        super().__init__(width, logit_mult=logit_mult)
+        self.fused = nn.Linear(width, 3 * width)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        b, t, c = x.shape
+        qkv = self.fused(x).view(b, t, 2, 3, c // 2)
+        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.attn.logit_mult / (c // 2)**0.5)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -211,28 +236,66 @@ class NormalizedQueries(TinyTransformer):
 
 
 class TorchEncoder(nn.Module):
-    """torch's own nn.TransformerEncoderLayer, whose query projection lives inside nn.MultiheadAttention."""
+    """torch's own nn.TransformerEncoderLayer, whose query projection lives inside nn.MultiheadAttention.
+    With ``logit_mult`` its forward is written out by hand (in eval mode: no dropout), logits x ``logit_mult``."""
 
-    def __init__(self, width, heads=2):
+    def __init__(self, width, heads=2, logit_mult=1.0):
         super().__init__()
+        self.logit_mult = logit_mult
         self.emb = nn.Embedding(16, width)
         self.layer = nn.TransformerEncoderLayer(width, heads, 2 * width, batch_first=True)
         self.out = nn.Linear(width, 16)
 
     def forward(self, idx):
-        return self.out(self.layer(self.emb(idx)))
+        x = self.emb(idx)
+        return self.out(self.layer(x) if self.logit_mult == 1.0 else self.by_hand(x))
+
+    def by_hand(self, x):
+        layer, a = self.layer, self.layer.self_attn
+        b, t, c = x.shape
+        d = c // a.num_heads
+        q, k, v = (z.view(b, t, a.num_heads, d).transpose(1, 2)
+                   for z in F.linear(x, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.logit_mult / d**0.5).transpose(1, 2).reshape(b, t, c)
+        x = layer.norm1(x + a.out_proj(y))
+        return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
 
 
-@pytest.mark.parametrize("model", [PerHeadFused, MultiQueryFused, NormalizedQueries, TorchEncoder,
-                                   lambda width: TinyTransformer(width, kernel="baddbmm")])
+@pytest.mark.parametrize("model,attention,via,query", [
+    (MultiQueryFused, "", "query", ("fused", 0, 64, 0, 1)),  # heads + 2: the first heads are the queries
+    (InterleavedQKV, "", "query", ("fused", 0, 32, 96, 2)),  # per head (q, k, v): every third block of d rows
+    (TorchEncoder, "layer.self_attn", "weight", ("layer.self_attn", 0, 64, 0, 1)),  # first rows of in_proj_weight
+    (lambda width, logit_mult=1.0: TinyTransformer(width, kernel="baddbmm", logit_mult=logit_mult), "attn", "fold",
+     ("attn.q", 0, 64, 0, 1)),  # Bloom's baddbmm scores, heads merged into the batch dim
+])
+def test_query_rows_that_are_no_single_block_get_the_logit_factor(model, attention, via, query):
+    """Outputs and gradients equal the same model computing 1/d by hand (its kernel given the 1/d scale)."""
+    f = ezp.wrap(model, base_width=16, width_multiple=2)
+    a = f.plan(width=64).attention[attention]
+    assert (a.factor, a.via, (a.query, a.start, a.stop, a.every, a.blocks)) == (pytest.approx(0.5), via, query)
+    torch.manual_seed(0)
+    ours = f(width=64).eval()
+    reference = model(64, logit_mult=1.0 if via == "fold" else 0.5).eval()
+    reference.load_state_dict(ours.state_dict())
+    idx = torch.randint(0, 16, (3, 7))
+    torch.testing.assert_close(ours(idx), reference(idx))
+    ours(idx).square().sum().backward()
+    reference(idx).square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("model", [PerHeadFused, NormalizedQueries])
 def test_attention_that_cannot_be_rescaled_is_an_error(model):
     with pytest.raises(ValueError, match=r"computes attention with a head dim that grows with the width \(d_head = "
                                          r"w(/2)?\).*no way to do it.*attn_scale='1/sqrt\(d\)'"):
         ezp.wrap(model, base_width=16, width_multiple=2).plan(width=64)
-    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the ways out
-    if model is TorchEncoder:  # torch's own module
-        assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
-                        width_multiple=8).plan(width=64).attention == {}  # a fixed head dim needs nothing
+    ezp.wrap(model, base_width=16, width_multiple=2, attn_scale="1/sqrt(d)").plan(width=64)  # the way out
+
+
+def test_multi_head_attention_with_a_fixed_head_dim_needs_nothing():
+    assert ezp.wrap(lambda width: TorchEncoder(width, heads=width // 8), base_width=16,
+                    width_multiple=8).plan(width=64).attention == {}
 
 
 class ScaledEmbedding(nn.Module):
@@ -248,13 +311,52 @@ class ScaledEmbedding(nn.Module):
         return self.out(self.emb(idx) * self.width**0.5)
 
 
-def test_numbers_that_change_with_the_width_are_reported():
+def test_numbers_that_change_with_the_width_are_reported_under_warn():
     with pytest.warns(UserWarning) as caught:
-        ezp.wrap(ScaledEmbedding, base_width=32).plan(width=64)
+        ezp.wrap(ScaledEmbedding, base_width=32, width_constants="warn").plan(width=64)
     messages = [str(w.message) for w in caught]
     assert any(m.startswith("embed_scale = 6.856 at width 47 and 7.28 at width 53: a number that changes")
                for m in messages)
     assert any(m.startswith("the root module multiplies a tensor by 6.856 at width 47") for m in messages)
+    with pytest.raises(ValueError, match=r"(?s)width_constants='error'.*multiplies a tensor by 6.856"):
+        ezp.wrap(ScaledEmbedding, base_width=32, width_constants="error").plan(width=64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # attention's 1/sqrt(d) is accounted for: no warning
         ezp.wrap(TinyTransformer, base_width=16, width_multiple=2).plan(width=64)
+
+
+class HeldScale(ScaledEmbedding):
+    """ScaledEmbedding with its number written at the base width 32: the hand-written reference."""
+
+    def forward(self, idx):
+        return self.out(self.emb(idx) * 32**0.5)
+
+
+class ScaledReadout(nn.Module):
+    """T5's pattern: the features times d**-0.5 before a bias-free readout."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.emb, self.out = nn.Embedding(16, width), nn.Linear(width, 16, bias=False)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.emb(idx)) * self.width**-0.5)
+
+
+def test_a_width_dependent_number_is_held_at_its_base_value():
+    """Folded into the embedding it multiplies (init and LR x 1/2 at 4x), or into the bias-free readout it feeds
+    (T5's d**-0.5; a hook where that readout is tied), and shown in the plan."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # corrected: nothing to warn about
+        f = ezp.wrap(ScaledEmbedding, base_width=32)
+        plan = f.plan(width=128)
+    assert plan["emb.weight"].fold == pytest.approx(0.5) and plan["emb.weight"].lr_mult == pytest.approx(0.5)
+    assert "multiplies a tensor by 6.856 at width 47 and 7.28 at width 53: x 0.5 on emb (folded" in str(plan)
+    torch.manual_seed(0)
+    ours, reference = f(width=128), HeldScale(128)
+    reference.load_state_dict({k: v / 0.5 if k == "emb.weight" else v for k, v in ours.state_dict().items()})
+    idx = torch.randint(0, 16, (3, 7))
+    torch.testing.assert_close(ours(idx), reference(idx))
+    readout = ezp.wrap(ScaledReadout, base_width=32).plan(width=128)
+    assert readout.multipliers == {} and readout["out.weight"].fold == pytest.approx(2.0)

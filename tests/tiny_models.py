@@ -96,3 +96,40 @@ class TinyTransformer(nn.Module):
 
     def forward(self, idx):
         return self.out(self.attn(self.emb(idx)))
+
+
+class DenseMoE(nn.Module):
+    """Mixture of experts written by hand: experts as (experts, w, 4w) tensors used through einsum, every token
+    through every expert and weighted by a softmax router ``Linear(w, experts)``."""
+
+    def __init__(self, width, experts=4, vocab=16, expert_width=None):
+        super().__init__()
+        hidden = 4 * width if expert_width is None else expert_width
+        self.emb = nn.Embedding(vocab, width)
+        self.router = nn.Linear(width, experts, bias=False)
+        self.w_up = nn.Parameter(torch.randn(experts, width, hidden) / width**0.5)
+        self.w_down = nn.Parameter(torch.randn(experts, hidden, width) / hidden**0.5)
+        self.out = nn.Linear(width, vocab)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        gates = self.router(x).softmax(-1)
+        h = torch.relu(torch.einsum("btw,ewf->btef", x, self.w_up))
+        y = torch.einsum("btef,efw->btew", h, self.w_down)
+        return self.out(x + torch.einsum("btew,bte->btw", y, gates))
+
+
+class IndexAddMoE(DenseMoE):
+    """The same experts behind top-1 routing: ``nonzero`` picks each expert's tokens (no shape on meta),
+    ``index_add_`` writes the results back."""
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        tokens = x.flatten(0, 1)
+        weight, expert = self.router(tokens).softmax(-1).max(-1)
+        y = torch.zeros_like(tokens)
+        for e in range(self.w_up.shape[0]):
+            rows = (expert == e).nonzero().squeeze(-1)
+            h = torch.relu(tokens[rows] @ self.w_up[e]) @ self.w_down[e]
+            y.index_add_(0, rows, h * weight[rows, None])
+        return self.out(x + y.view_as(x))

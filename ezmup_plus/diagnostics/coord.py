@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -137,7 +137,7 @@ def _run(factory, width, optimizer, lr, seed, x, y, loss_fn, steps, modules) -> 
         out.update({(n, step): (_rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched})
         if step < steps:
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
+            loss_fn(_call(model, x), y).backward()
             opt.step()
     return out
 
@@ -158,11 +158,16 @@ def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Te
              for n, m in watched]
     try:
         with torch.no_grad():
-            model(x)
+            _call(model, x)
     finally:
         for h in hooks:
             h.remove()
     return captured
+
+
+def _call(model: nn.Module, x) -> Any:
+    """``x`` is the input, or a tuple of positional inputs (an encoder-decoder's ids and decoder ids)."""
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def _first_tensor(out) -> torch.Tensor:
