@@ -163,7 +163,7 @@ def cmd_coord_check(args) -> None:
         _out_dir(args.out)
     task = task_from(cfg)
     check = coord_check(build_factory(cfg), args.widths, next(task.batches(0)), loss_fn=task.loss,
-                        steps=args.steps, optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr)
+                        steps=args.steps, optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr, seeds=args.seeds)
     print(check)
     if args.out:
         print(f"plot: {check.plot(args.out / 'coord_check.png')}")
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p = command("coord-check", cmd_coord_check, "activation RMS vs width after a few steps; exit 1 on failure")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=4, help="RMS averaged over this many seeded builds per width")
     p.add_argument("--out", type=Path, default=None)
     p = command("export", cmd_export, "a training checkpoint as a plain state dict (muP multipliers folded in)")
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt written by 'train'")

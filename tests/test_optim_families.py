@@ -33,9 +33,9 @@ def test_muon_hybrid_groups_and_rms_variant():
 
 
 # Widths per family: SGD's readout needs 128 and up to leave its finite-width regime; torch's Muon
-# orthogonalises in bf16, emulated ~100x slower without native bf16, so its widths stay at 256 or less.
+# orthogonalises in bf16, emulated ~100x slower without native bf16, so its widths stay at 128 or less.
 FAMILY_CHECKS = [("sgd", 0.05, 32, [128, 512, 2048]), ("adafactor", 1e-2, 32, [64, 128, 256, 512]),
-                 ("muon", 1e-2, 16, [32, 64, 128, 256]), ("nadam", 1e-2, 32, [64, 128, 256, 512])]
+                 ("muon", 1e-2, 16, [32, 64, 128]), ("nadam", 1e-2, 32, [64, 128, 256, 512])]
 
 
 @pytest.mark.parametrize("name,lr,base,widths", FAMILY_CHECKS)
