@@ -41,8 +41,9 @@ class Draw:
     """How one build drew one tensor: the kind of init and the expected variance of an entry."""
 
     kind: str  # "random", "orthogonal", "constant", "structured" (identity, partial) or "unread"
-    var: float = 0.0
+    var: float = 0.0  # of a random draw
     how: str = ""  # the init that drew it, for the plan and for messages
+    value: float = 0.0  # of a constant
     low: float = 0.0  # the bounds of a uniform draw, for trunc-normal written as uniform_ + erfinv_
     high: float = 0.0
 
@@ -78,7 +79,8 @@ F = torch.Tensor
 CONSTANTS = {F.zero_: lambda a, k: 0.0, F.fill_: lambda a, k: float(a[1])}
 SCALES = {F.mul_: 1, F.__imul__: 1, F.div_: -1, F.__itruediv__: -1, F.mul: 1, F.__mul__: 1, F.__rmul__: 1,
           torch.mul: 1, F.div: -1, F.__truediv__: -1, torch.div: -1}
-SHIFTS = {F.add_, F.sub_, F.__iadd__, F.__isub__, F.add, F.sub, F.__add__, F.__radd__, F.__sub__, torch.add, torch.sub}
+SHIFTS = {F.add_: 1, F.__iadd__: 1, F.add: 1, F.__add__: 1, F.__radd__: 1, torch.add: 1,
+          F.sub_: -1, F.__isub__: -1, F.sub: -1, F.__sub__: -1, torch.sub: -1}
 DESCRIPTORS = (F.data, F.T, F.mT)  # p.data, p.T: the same entries
 ALIASES = {F.view, F.view_as, F.reshape, F.t, F.transpose, F.permute, F.flatten, F.unflatten,
            F.squeeze, F.unsqueeze, F.contiguous, F.detach, F.to, F.float, F.double, F.half, F.bfloat16, F.type_as}
@@ -105,7 +107,7 @@ class InitRecorder(TorchFunctionMode):
         root, share = self.roots.get(id(t), (id(t), 1.0))
         if share < 1.0:  # an init of part of the tensor (an embedding's padding row set to zero)
             whole = self.draws.get(root, UNREAD)
-            draw = (replace(whole, var=whole.var * (1.0 - share)) if draw.kind == "constant" and draw.var == 0.0
+            draw = (replace(whole, var=whole.var * (1.0 - share)) if draw.kind == "constant" and draw.value == 0.0
                     and whole.kind == "random" else Draw("structured", how=f"{draw.how} on part of it"))
         self.draws[root] = draw
         self.keep.append(t)
@@ -131,7 +133,7 @@ class InitRecorder(TorchFunctionMode):
             tensor = kwargs.get("tensor", args[0] if args else None)
             self.set(tensor, init_draw(func.__name__, tensor, args[1:], kwargs))
         elif func in CONSTANTS:
-            self.set(args[0], Draw("constant", CONSTANTS[func](args, kwargs), how=func.__name__))
+            self.set(args[0], Draw("constant", value=CONSTANTS[func](args, kwargs), how=func.__name__))
         elif func in (F.normal_, F.uniform_):
             self.set(args[0], tensor_draw(func.__name__, args[1:], kwargs))
         elif func is F.erfinv_:
@@ -171,10 +173,10 @@ class InitRecorder(TorchFunctionMode):
         d = self.draw_of(tensor)
         if func in SCALES:
             c = float(number) ** SCALES[func]
-            d = replace(d, var=d.var * c * c) if d.kind != "constant" else replace(d, var=d.var * c)
+            d = replace(d, var=d.var * c * c, value=d.value * c)
             d = replace(d, how=f"{d.how} x {c:.4g}")
         elif d.kind == "constant":
-            d = replace(d, var=d.var + float(number))
+            d = replace(d, value=d.value + SHIFTS[func] * float(number))
         if func.__name__.endswith("_") or func.__name__.startswith("__i"):
             self.set(tensor, d)
         elif isinstance(out, torch.Tensor):
@@ -189,7 +191,7 @@ def _in_place(func) -> bool:
 
 
 def _constant(value: float) -> Callable[[tuple, dict], Draw]:
-    return lambda args, kwargs: Draw("constant", value, how="constant")
+    return lambda args, kwargs: Draw("constant", value=value, how="constant")
 
 
 def _normal_creation(args, kwargs) -> Draw:
@@ -201,7 +203,8 @@ CREATIONS = {
     torch.randn: lambda a, k: Draw("random", 1.0, how="torch.randn"),
     torch.rand: lambda a, k: Draw("random", 1.0 / 12, how="torch.rand", low=0.0, high=1.0),
     torch.zeros: _constant(0.0), torch.ones: _constant(1.0),
-    torch.full: lambda a, k: Draw("constant", float(k.get("fill_value", a[1] if len(a) > 1 else 0.0)), how="full"),
+    torch.full: lambda a, k: Draw("constant", value=float(k.get("fill_value", a[1] if len(a) > 1 else 0.0)),
+                                  how="full"),
     torch.empty: lambda a, k: UNREAD, torch.normal: _normal_creation,
     torch.eye: lambda a, k: Draw("structured", how="torch.eye"),
 }
@@ -229,7 +232,7 @@ def init_draw(name: str, tensor: torch.Tensor, args: Sequence, kwargs: Mapping) 
     if name == "uniform_":
         return _uniform(float(get("a", 0, 0.0)), float(get("b", 1, 1.0)))
     if name in ("constant_", "zeros_", "ones_"):
-        return Draw("constant", {"zeros_": 0.0, "ones_": 1.0}.get(name, float(get("val", 0, 0.0))), how=name)
+        return Draw("constant", value={"zeros_": 0.0, "ones_": 1.0}.get(name, float(get("val", 0, 0.0))), how=name)
     if name in ("kaiming_uniform_", "kaiming_normal_"):
         a, mode, nonlinearity = get("a", 0, 0.0), get("mode", 1, "fan_in"), get("nonlinearity", 2, "leaky_relu")
         std = nn.init.calculate_gain(nonlinearity, a) / math.sqrt(nn.init._calculate_correct_fan(tensor, mode))
