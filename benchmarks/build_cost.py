@@ -3,7 +3,8 @@ stage), its cached build, and microsoft/mup's set_base_shapes path.
 
 Configs: a ~77M GPT (6 blocks, width 1024, head dim 64, base width 128) built on CPU; GPT-2-XL-sized
 (48 blocks, width 1600) and Llama-7B-sized (32 blocks, width 4096) GPTs built on meta. Each arm runs in
-its own fresh subprocess (imports warmed first, so what is timed is the work), medians of --repeats.
+its own fresh subprocess (imports warmed first, so what is timed is the work), repeats interleaved across
+arms, medians of --repeats.
     python benchmarks/build_cost.py [--repeats 3] [--configs gpt77m xl 7b]
 """
 
@@ -27,7 +28,7 @@ CONFIGS = {  # name -> (width, depth, base width, vocab, device)
 }
 
 ARM = r"""
-import json, sys, time
+import contextlib, json, sys, time
 sys.path.insert(0, {root!r})
 import torch
 import ezmup_plus as ezp
@@ -39,6 +40,10 @@ WIDTH, DEPTH, BASE, VOCAB, DEVICE = {config!r}
 
 def make(width, depth=DEPTH):  # head dim 64: the head count grows with the width
     return GPT(width, depth, vocab_size=VOCAB, block_size=1024, n_head=max(1, width // 64))
+
+
+def on(device):  # no device mode on CPU, where the factory builds as it would for a user
+    return torch.device(device) if device == "meta" else contextlib.nullcontext()
 
 
 def timed(stages, name, fn):
@@ -55,14 +60,14 @@ with torch.device("meta"):  # warm the imports and kernels: the timed work start
 arm, stages = {arm!r}, {{}}
 start = time.perf_counter()
 if arm == "plain":
-    with torch.device(DEVICE):
+    with on(DEVICE):
         model = make(WIDTH)
 elif arm == "mup":
     from mup import MuReadout, set_base_shapes
     from mup.init import normal_
 
     def mu(width, device):
-        with torch.device(device):
+        with on(device):
             m = make(width)
             m.lm_head = MuReadout(width, VOCAB, bias=False)
         return m
@@ -120,8 +125,10 @@ def main() -> None:
             if has_mup():
                 arms["microsoft/mup"] = ("mup", False)
             run_arm(config, "ezmup", cache_dir, scripts)  # fills the cache the "cached" arm reads
-            runs = {label: [run_arm(config, arm, cache, scripts) for _ in range(args.repeats)]
-                    for label, (arm, cache) in arms.items()}
+            runs = {label: [] for label in arms}
+            for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every arm alike
+                for label, (arm, cache) in arms.items():
+                    runs[label].append(run_arm(config, arm, cache, scripts))
         plain = statistics.median(r["seconds"] for r in runs["plain"])
         rows = {}
         for label, rs in runs.items():
