@@ -86,15 +86,18 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.set)
     out = _out_dir(_train_out(args))
     task = task_from(cfg)
-    engine = Engine(cfg.train)
-    torch.manual_seed(cfg.train.seed)
-    model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=engine.device)
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg)
-    result = engine.fit(model, opt, sched, task.batches(cfg.train.seed), task.loss, task.val, out, resume=args.resume)
-    if engine.accelerator.is_main_process:
-        print(f"final train loss {result['train'][-1]['loss']:.4f}, validation loss {result['val_loss']:.4f}; "
-              f"wrote {out}")
+    with Engine(cfg.train) as engine:
+        torch.manual_seed(cfg.train.seed)
+        model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=engine.device)
+        opt = build_optimizer(model, cfg)
+        sched = build_scheduler(opt, cfg)
+        result = engine.fit(model, opt, sched, task.batches(cfg.train.seed), task.loss, task.val, out,
+                            resume=args.resume)
+    if torch.distributed.is_initialized():  # before the interpreter's teardown, which gloo's threads can abort
+        torch.distributed.destroy_process_group()
+    if engine.is_main_process:
+        print(f"final train loss {result['train'][-1]['loss']:.4f}, validation loss {result['val_loss']:.4f} "
+              f"({engine.num_processes} process{'es' if engine.num_processes > 1 else ''}); wrote {out}")
 
 
 def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:

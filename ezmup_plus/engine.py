@@ -32,11 +32,12 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class Engine:
-    """One Accelerator for one training run (``fit`` releases Accelerate's process-wide state when it ends)."""
+    """One Accelerator for one training run; ``with Engine(cfg.train) as engine:`` releases Accelerate's
+    process-wide state at the end."""
 
     def __init__(self, train: TrainConfig):
         from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration, DistributedType
+        from accelerate.utils import DataLoaderConfiguration
 
         self.cfg = train
         # split_batches: our batch is global, so Accelerate's scheduler wrapper steps once per optimizer step
@@ -44,6 +45,31 @@ class Engine:
         self.accelerator = Accelerator(cpu=train.device == "cpu", mixed_precision=train.mixed_precision,
                                        gradient_accumulation_steps=train.accumulation,
                                        dataloader_config=DataLoaderConfiguration(split_batches=True))
+        acc = self.accelerator
+        self.is_main_process, self.num_processes = acc.is_main_process, acc.num_processes  # kept past close
+        try:
+            self._check(train)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release Accelerate's process-wide state, which would refuse other settings later in the same process (a
+        sweep, the tests); the process group itself stays up."""
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+    def _check(self, train: TrainConfig) -> None:
+        from accelerate.utils import DistributedType
+
         acc = self.accelerator
         if train.device != "cpu" and acc.device.type != torch.device(train.device).type:
             raise ConfigError(f"train.device={train.device!r}, but Accelerate found {acc.device.type} only")
@@ -54,8 +80,7 @@ class Engine:
         if acc.distributed_type == DistributedType.FSDP:
             raise ConfigError("FSDP through Accelerate is not supported by 'ezmup-plus train' (its checkpoints are "
                               "whole state dicts, gathered under DDP); launch without --use_fsdp")
-        self.pieces = train.accumulation * acc.num_processes
-        if train.batch_size % self.pieces:
+        if train.batch_size % (train.accumulation * acc.num_processes):
             raise ConfigError(f"train.batch_size={train.batch_size} must be a multiple of train.accumulation x "
                               f"processes = {train.accumulation} x {acc.num_processes}: it is the global batch, split "
                               "evenly into microbatches on every process")
@@ -70,25 +95,12 @@ class Engine:
         """Train ``train.steps`` optimizer steps, writing ``loss.csv``, ``loss.json`` and ``checkpoint.pt`` in
         ``out``; with ``resume``, continue from the checkpoint there (same data, LR and optimizer state as if never
         stopped). Returns what ``loss.json`` holds."""
-        try:
-            return self._fit(model, optimizer, scheduler, batches, loss_fn, val, Path(out), resume)
-        finally:
-            from accelerate.state import AcceleratorState, GradientState
-
-            # Accelerate keeps its settings in process-wide singletons and refuses other settings later in the
-            # same process (a sweep, the tests); the process group itself stays up
-            AcceleratorState._reset_state()
-            GradientState._reset_state()
-
-    def _fit(self, model, optimizer, scheduler, batches, loss_fn, val, out, resume):
-        acc, cfg = self.accelerator, self.cfg
+        acc, cfg, out = self.accelerator, self.cfg, Path(out)
         log, start = [], 0
         if resume:
             state = self._resume(out / CHECKPOINT, model, optimizer, scheduler)
             log, start = state["log"], state["step"]
-        prepared = acc.prepare(model, optimizer) if scheduler is None else acc.prepare(model, optimizer, scheduler)
-        model, optimizer = prepared[:2]
-        scheduler = prepared[2] if scheduler is not None else None
+        model, optimizer, scheduler = self.prepare(model, optimizer, scheduler)
         for _ in range(start):  # the data stream where the checkpointed run stopped
             next(batches)
         rank, world = acc.process_index, acc.num_processes
@@ -123,6 +135,13 @@ class Engine:
         self._checkpoint(out, model, optimizer, scheduler, cfg.steps, log)
         return result
 
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None) -> tuple:
+        """Accelerate's wrappers: the model on the device (DDP over several processes, autocast in its forward),
+        the optimizer and scheduler wrapped around the same objects, so the muP param groups stay as built."""
+        if scheduler is None:
+            return (*self.accelerator.prepare(model, optimizer), None)
+        return self.accelerator.prepare(model, optimizer, scheduler)
+
     def _checkpoint(self, out, model, optimizer, scheduler, step, log) -> None:
         """The model, optimizer, scheduler, step and log so far, written once (by the main process), atomically."""
         acc = self.accelerator
@@ -137,10 +156,11 @@ class Engine:
         prepared."""
         if not path.exists():
             raise FileNotFoundError(2, "no checkpoint to resume from (run without --resume to start)", str(path))
-        state = load_checkpoint(path, model, optimizer)
-        if "step" not in state:
+        state = load_checkpoint(path, model)
+        if "step" not in state or "optimizer" not in state:
             raise ValueError(f"{path} holds no training step: it was not written by 'ezmup-plus train', which "
                              "--resume continues; run without --resume")
+        optimizer.load_state_dict(state["optimizer"])
         if (scheduler is None) != ("scheduler" not in state):
             raise ValueError(f"{path} was written {'with' if 'scheduler' in state else 'without'} an LR scheduler "
                              "and this config has the other; resume with the config that wrote it")
