@@ -78,8 +78,8 @@ class Engine:
             raise ConfigError("train.mixed_precision=fp16 is not run on CPU (Accelerate applies no fp16 autocast "
                               "there); use bf16 or no")
         if acc.distributed_type == DistributedType.FSDP:
-            raise ConfigError("FSDP through Accelerate is not supported by 'ezmup-plus train' (its checkpoints are "
-                              "whole state dicts, gathered under DDP); launch without --use_fsdp")
+            raise ValueError("FSDP through Accelerate is not supported by 'ezmup-plus train' (its checkpoints are "
+                             "whole state dicts, as DDP keeps them); launch without --use_fsdp")
         if train.batch_size % (train.accumulation * acc.num_processes):
             raise ConfigError(f"train.batch_size={train.batch_size} must be a multiple of train.accumulation x "
                               f"processes = {train.accumulation} x {acc.num_processes}: it is the global batch, split "
@@ -131,7 +131,7 @@ class Engine:
         bar.close()
         result = {"train": log, "val_loss": self._evaluate(model, loss_fn, val)}
         if acc.is_main_process:
-            _write_logs(out, result, grad_norm=cfg.grad_clip is not None)
+            _write_logs(out, result)
         self._checkpoint(out, model, optimizer, scheduler, cfg.steps, log)
         return result
 
@@ -169,7 +169,7 @@ class Engine:
                              "to train on")
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"])  # the CPU generator (dropout masks on CPU)
         return state
 
     def _evaluate(self, model, loss_fn, val: Batch) -> float:
@@ -180,9 +180,10 @@ class Engine:
         return loss
 
 
-def _write_logs(out: Path, result: dict, grad_norm: bool) -> None:
+def _write_logs(out: Path, result: dict) -> None:
+    clipped = any("grad_norm" in row for row in result["train"])  # a resumed run may have clipped in part only
     with atomic_write(out / "loss.csv", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", *(["grad_norm"] if grad_norm else [])])
+        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", *(["grad_norm"] if clipped else [])])
         writer.writeheader()
         writer.writerows(result["train"])
     with atomic_write(out / "loss.json") as fh:
