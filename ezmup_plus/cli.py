@@ -93,7 +93,7 @@ def cmd_train(args) -> None:
         sched = build_scheduler(opt, cfg)
         result = engine.fit(model, opt, sched, task.batches(cfg.train.seed), task.loss, task.val, out,
                             resume=args.resume)
-    if torch.distributed.is_initialized():  # before the interpreter's teardown, which gloo's threads can abort
+    if torch.distributed.is_initialized():  # gloo's threads can abort the interpreter's teardown (pytorch#179291)
         torch.distributed.destroy_process_group()
     if engine.is_main_process:
         print(f"final train loss {result['train'][-1]['loss']:.4f}, validation loss {result['val_loss']:.4f} "
