@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -15,7 +14,6 @@ from typing import Callable, Iterator
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from .atomic import atomic_write
 from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
@@ -82,37 +80,24 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
+    """Train through the Accelerate engine (one process, or each process of a torchrun / accelerate launch)."""
+    from .engine import Engine
+
     cfg = load_config(args.config, args.set)
     out = _out_dir(_train_out(args))
     task = task_from(cfg)
-    torch.manual_seed(cfg.train.seed)
-    model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=cfg.train.device)
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg)
-    log = []
-    with tqdm(zip(range(cfg.train.steps), task.batches(cfg.train.seed)), total=cfg.train.steps, desc="train") as bar:
-        for step, (x, y) in bar:
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model(x), y)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            log.append({"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
-            if step % cfg.train.log_every == 0:
-                bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
-    with torch.no_grad():
-        val = float(task.loss(model(task.val[0]), task.val[1]))
-    with atomic_write(out / "loss.csv", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr"])
-        writer.writeheader()
-        writer.writerows(log)
-    with atomic_write(out / "loss.json") as fh:
-        json.dump({"train": log, "val_loss": val}, fh)
-    from .checkpoint import save_checkpoint
-
-    save_checkpoint(out / "checkpoint.pt", model, opt)
-    print(f"final train loss {log[-1]['loss']:.4f}, validation loss {val:.4f}; wrote {out}")
+    with Engine(cfg.train) as engine:
+        torch.manual_seed(cfg.train.seed)
+        model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth, device=engine.device)
+        opt = build_optimizer(model, cfg)
+        sched = build_scheduler(opt, cfg)
+        result = engine.fit(model, opt, sched, task.batches(cfg.train.seed), task.loss, task.val, out,
+                            resume=args.resume)
+    if torch.distributed.is_initialized():  # gloo's threads can abort the interpreter's teardown (pytorch#179291)
+        torch.distributed.destroy_process_group()
+    if engine.is_main_process:
+        print(f"final train loss {result['train'][-1]['loss']:.4f}, validation loss {result['val_loss']:.4f} "
+              f"({engine.num_processes} process{'es' if engine.num_processes > 1 else ''}); wrote {out}")
 
 
 def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
@@ -240,8 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         return p
 
     command("inspect", cmd_inspect, "print the per-tensor plan: symbolic shapes, roles, multipliers")
-    p = command("train", cmd_train, "train a config; loss log (CSV, JSON) and checkpoint in --out")
+    p = command("train", cmd_train, "train a config on Accelerate (1 process, or under torchrun / accelerate launch); "
+                "loss log (CSV, JSON) and checkpoint in --out")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     for name, fn, text in (("sweep", cmd_sweep, "LR sweep over widths: best LR and drift with intervals, regret"),
                            ("transfer", cmd_transfer, "tune the LR at the base width, train at the target with it")):
         p = command(name, fn, text)

@@ -80,6 +80,20 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     log_every: int = 10
+    mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate's autocast; fp16 needs a GPU)
+    grad_clip: float | None = None  # max global gradient norm, None: no clipping
+    accumulation: int = 1  # microbatches per optimizer step; batch_size stays the global batch of one step
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only the final one); --resume continues
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"train.mixed_precision={self.mixed_precision!r} is unknown; choose from "
+                              f"{MIXED_PRECISION}")
+        for key, low in (("accumulation", 1), ("checkpoint_every", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be at least {low}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip={self.grad_clip} must be positive (or null for no clipping)")
 
 
 @dataclass
@@ -102,6 +116,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULERS = ("constant", "cosine", "linear", "warmup_cosine")
 
 

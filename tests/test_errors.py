@@ -52,7 +52,7 @@ def fails(args, capsys) -> str:
 def no_progress_bars(monkeypatch):
     """Progress bars write to stderr too; send them elsewhere so stderr holds only the error."""
     quiet = functools.partial(tqdm.auto.tqdm, file=io.StringIO())
-    monkeypatch.setattr(cli, "tqdm", quiet)
+    monkeypatch.setattr("ezmup_plus.engine.tqdm", quiet)
     monkeypatch.setattr("ezmup_plus.diagnostics.sweep.tqdm", quiet)
 
 
