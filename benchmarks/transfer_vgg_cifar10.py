@@ -14,8 +14,7 @@ from ezmup_plus.models import VGG11
 
 PRESETS = {
     "smoke": dict(widths=[4, 8], lrs=geometric_lrs(2**-11, 2**-10), seeds=[0], steps=3, batch=8, val=64),
-    "cpu": dict(widths=[4, 8, 16, 32], lrs=geometric_lrs(2**-14, 2**-9), seeds=[0, 1], steps=150, batch=32,
-                val=512),
+    "cpu": dict(widths=[4, 8, 16], lrs=geometric_lrs(2**-12, 2**-7), seeds=[0, 1], steps=200, batch=32, val=512),
     "full": dict(widths=[4 * m for m in (1, 2, 4, 8, 16, 32, 64, 128)], lrs=geometric_lrs(2**-16, 2**-6, 2),
                  seeds=[0, 1, 2], steps=50000, batch=32, val=10000, device="cuda", needs_full_set=True),
 }

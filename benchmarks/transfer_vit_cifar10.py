@@ -15,8 +15,7 @@ from ezmup_plus.models import ViT
 
 PRESETS = {
     "smoke": dict(widths=[32, 64], lrs=geometric_lrs(2**-11, 2**-10), seeds=[0], steps=2, batch=8, val=32),
-    "cpu": dict(widths=[32, 64, 128], lrs=geometric_lrs(2**-13, 2**-8), seeds=[0, 1], steps=100, batch=32,
-                val=512),
+    "cpu": dict(widths=[32, 64, 128], lrs=geometric_lrs(2**-12, 2**-7), seeds=[0, 1], steps=60, batch=32, val=256),
     "full": dict(widths=[32 * m for m in (1, 2, 4, 8, 16, 32, 64, 128)], lrs=geometric_lrs(2**-16, 2**-6, 2),
                  seeds=[0, 1, 2], steps=50000, batch=32, val=10000, device="cuda", needs_full_set=True),
 }

@@ -148,8 +148,19 @@ def test_augmentation_crops_and_flips_and_is_off_by_default(tmp_path):
     assert torch.equal(cifar.y_train[rows], y)  # unaugmented batches are the training images themselves
 
 
-def test_the_shared_subset_through_the_data_setting(data_copies):
-    cifar = load_cifar10()
+LOADED = {}
+
+
+@pytest.fixture
+def shared_subset(data_copies):
+    """The shared copy, loaded once for the tests that read it (after data_copies has checked the setting)."""
+    if data_copies not in LOADED:
+        LOADED[data_copies] = load_cifar10()
+    return LOADED[data_copies]
+
+
+def test_the_shared_subset_through_the_data_setting(data_copies, shared_subset):
+    cifar = shared_subset
     assert cifar.source == data_copies / "cifar-10-batches-py"
     assert len(cifar.x_train) == 10000 and len(cifar.x_test) == 2000
     assert cifar.y_train.bincount().tolist() == [1000] * 10 and cifar.y_test.bincount().tolist() == [200] * 10
@@ -197,7 +208,7 @@ def steps_and_learns(factory, width):
         loss = nn.functional.cross_entropy(model(IMAGES), LABELS)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return all(math.isfinite(v) for v in losses) and all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
@@ -230,11 +241,12 @@ def test_vit_plan_attention_class_token_base_and_step(vit):
 
 
 def test_coordinate_checks_base_to_8x_mup_flat_sp_growing():
-    """Dropout off: the check measures the parametrization, not the masks."""
+    """Dropout off: the check measures the parametrization, not the masks. Two seeds: one seed's slopes
+    scatter by about 0.2 either way. The ViT sees 16x16 images (17 tokens), four times cheaper than 32x32."""
     kw = dict(loss_fn=nn.functional.cross_entropy, lr=1e-2, steps=2, seeds=2)
-    widths = {"vgg": [4, 16, 32], "vit": [32, 128, 256]}
+    widths = {"vgg": [4, 32], "vit": [32, 256]}  # base and 8x
     for name, model, base, multiple in (("vgg", VGG11, 4, 1), ("vit", ViT, 32, 8)):
-        images = IMAGES if name == "vgg" else IMAGES[:4]
+        images = IMAGES if name == "vgg" else IMAGES[:4, :, :16, :16]
         data = (images, LABELS[: len(images)])
         mup = coord_check(ezp.wrap(model, base_width=base, width_multiple=multiple, dropout=0.0), widths[name], data,
                           **kw)
@@ -253,11 +265,12 @@ def test_train_the_vit_config_from_the_command_line(data_copies, tmp_path, capsy
     log = json.loads((tmp_path / "loss.json").read_text())
     assert len(log["train"]) == 3 and 1.5 < log["val_loss"] < 3.5
     with pytest.raises(SystemExit):
-        main(["train", str(CONFIGS / "mlp_california_sp.yaml"), "--set", "data.augment=true"])
+        main(["train", str(CONFIGS / "mlp_california_sp.yaml"), "--set", "data.augment=true", "--out",
+              str(tmp_path / "refused")])
     assert "data.augment is for images" in capsys.readouterr().err
 
 
-def test_the_smoke_presets_write_the_seed_report(data_copies, vgg, vit, tmp_path):
+def test_the_smoke_presets_write_the_seed_report(shared_subset, vgg, vit, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import transfer_vgg_cifar10
@@ -265,7 +278,7 @@ def test_the_smoke_presets_write_the_seed_report(data_copies, vgg, vit, tmp_path
         import vision
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    cifar = load_cifar10()
+    cifar = shared_subset
     for module, factories in ((transfer_vgg_cifar10, vgg), (transfer_vit_cifar10, vit)):
         cfg = module.PRESETS["smoke"]
         name = module.__name__
@@ -273,7 +286,8 @@ def test_the_smoke_presets_write_the_seed_report(data_copies, vgg, vit, tmp_path
         written = json.loads((tmp_path / f"{name}_smoke.json").read_text())
         assert written["grid"] == json.loads(json.dumps(summary["grid"]))
         cells = len(cfg["widths"]) * len(cfg["lrs"])
-        assert len(written["grid"]) == 2 * cells and written["runs"] == 2 * cells * len(cfg["seeds"])
+        assert len(written["grid"]) == 2 * cells and sum(r["seeds"] for r in written["grid"]) == 2 * cells * len(cfg["seeds"])
+        assert [r["parametrization"] for r in written["grid"]] == ["sp"] * cells + ["mup"] * cells
         for param in ("sp", "mup"):
             for result in (written["results"][param], written["results_by_min_train_loss"][param]):
                 assert set(result["scales"]) == {str(w) for w in cfg["widths"]} and "drift_log2" in result
