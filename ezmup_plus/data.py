@@ -165,19 +165,47 @@ def lm_loss(logits, targets: torch.Tensor) -> torch.Tensor:
 
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
-CIFAR_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                 ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
-"""The only globals a CIFAR batch file names: a pickled dict of bytes, lists and one numpy array (bytes go
-through ``_codecs.encode`` in a protocol-2 file written by Python 3)."""
+class _Array:
+    """Stands in for ``numpy.ndarray`` while unpickling a batch: keeps the shape, the dtype and the raw bytes
+    (numpy itself is neither needed nor run)."""
+
+    def __setstate__(self, state):
+        _, self.shape, self.dtype, self.fortran, self.raw = state
+
+
+class _DType:
+    """Stands in for ``numpy.dtype``: its name ('u1' for the images)."""
+
+    def __init__(self, name, *_):
+        self.name = name
+
+    def __setstate__(self, state):
+        pass
+
+
+def _reconstruct(cls, shape, typecode):
+    return cls()
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2 (latin-1 only)."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}")
+    return text.encode("latin1")
+
+
+CIFAR_GLOBALS = {("numpy", "ndarray"): _Array, ("numpy", "dtype"): _DType,
+                 ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+                 ("numpy._core.multiarray", "_reconstruct"): _reconstruct, ("_codecs", "encode"): _encode}
+"""Every global a CIFAR batch file names (a pickled dict of bytes, lists and one numpy array), each mapped to a
+stand-in here: no other code can run while unpickling."""
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and builtins only: a file that names any other global is refused, not run."""
-
     def find_class(self, module: str, name: str):
-        if (module, name) not in CIFAR_ALLOWED:
+        if (module, name) not in CIFAR_GLOBALS:
             raise pickle.UnpicklingError(f"a CIFAR batch names no {module}.{name}")
-        return super().find_class(module, name)
+        return CIFAR_GLOBALS[module, name]
 
 
 def _read_batch(fh, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,16 +213,18 @@ def _read_batch(fh, where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
     The canonical format is pickle. It is read only from the tarball that passed its pinned checksum
     (or was downloaded by pooch against it), or from a file or folder the user pointed to (``data.path``,
-    ``$EZMUP_PLUS_DATA``); even then only numpy arrays and builtins are unpickled.
+    ``$EZMUP_PLUS_DATA``); even then the unpickler builds only builtins and the stand-ins above.
     """
     try:
         batch = _BatchUnpickler(fh, encoding="bytes").load()
-        images = torch.from_numpy(batch[b"data"].copy()).view(-1, 3, 32, 32)
-        labels = torch.tensor(batch[b"labels"], dtype=torch.long)
-    except (pickle.UnpicklingError, KeyError, TypeError, RuntimeError, EOFError, AttributeError) as exc:
+        array, labels = batch[b"data"], torch.tensor(batch[b"labels"], dtype=torch.long)
+        if not isinstance(array, _Array) or array.dtype.name != "u1" or array.fortran or len(array.shape) != 2:
+            raise TypeError("its data is not a C-ordered uint8 array (N, 3072)")
+        images = torch.frombuffer(bytearray(array.raw), dtype=torch.uint8).view(-1, 3, 32, 32)
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, RuntimeError, EOFError, AttributeError) as exc:
         raise DataUnavailable(f"{where} is not a CIFAR-10 batch in the canonical python format ({exc})") from None
-    if len(images) != len(labels) or images.dtype != torch.uint8:
-        raise DataUnavailable(f"{where}: {len(images)} images of {images.dtype} but {len(labels)} labels")
+    if len(images) != len(labels) or tuple(array.shape) != (len(images), 3072):
+        raise DataUnavailable(f"{where}: {tuple(array.shape)} image array but {len(labels)} labels")
     return images, labels
 
 
