@@ -17,7 +17,7 @@ import yaml
 
 from .atomic import atomic_write
 from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
-from .data import DataUnavailable, lm_batches, lm_loss, load_california_housing, load_shakespeare_chars
+from .data import DataUnavailable, lm_batches, lm_loss, load_california_housing, load_cifar10, load_shakespeare_chars
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
 
 
@@ -32,6 +32,8 @@ class Task:
 
 def task_from(cfg: Config) -> Task:
     d, batch = cfg.data, cfg.train.batch_size
+    if d.augment and d.name != "cifar10":
+        raise ConfigError(f"data.augment is for images (data.name: cifar10), not data.name={d.name!r}")
     if d.name == "tinyshakespeare":
         train_ids, val_ids, _ = load_shakespeare_chars(d.path)
         return Task(lambda s: lm_batches(train_ids, d.block_size, batch, s),
@@ -47,7 +49,13 @@ def task_from(cfg: Config) -> Task:
             x, y, xv, yv = _synthetic(cfg.model.kwargs.get("in_features", 8), cfg.model.kwargs.get("out_features", 1))
         loss = torch.nn.functional.cross_entropy if d.name == "digits" else torch.nn.functional.mse_loss
         return Task(lambda s: random_batches(x, y, batch, s), (xv, yv), loss)
-    raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing or tinyshakespeare")
+    if d.name == "cifar10":
+        cifar = load_cifar10(d.path)
+        print(cifar.described)
+        return Task(lambda s: cifar.batches(batch, s, augment=d.augment), (cifar.x_test, cifar.y_test),
+                    torch.nn.functional.cross_entropy)
+    raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing, "
+                      "tinyshakespeare or cifar10")
 
 
 def _synthetic(n_in: int, n_out: int, n: int = 2048) -> tuple[torch.Tensor, ...]:

@@ -98,9 +98,10 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | california_housing | tinyshakespeare
+    name: str = "synthetic"  # synthetic | digits | california_housing | tinyshakespeare | cifar10
     path: str | None = None  # a local copy of the named set; else $EZMUP_PLUS_DATA, the cache or a download
     block_size: int = 64
+    augment: bool = False  # cifar10: random crop (padding 4) and horizontal flip of the training batches
 
 
 @dataclass
