@@ -7,6 +7,7 @@ The model stays a plain ``nn.Module``; the plan rides along as an attribute (so 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from . import rules
 from .analysis import Analysis, AnalysisOptions, analyse_factory, plain, say
 from .cache import analysis_key, cache_dir, load, store
 from .constants import MODES as WIDTH_CONSTANT_MODES
+from .hparams import HParams, as_hparams
 from .inits import ZERO_INITS
 from .plan import MupPlan, make_plan
 from .trace import DEFAULT_SENTINELS, ShapeTable
@@ -184,6 +186,8 @@ class MupFactory:
     plans and builds are made from it. With ``base_depth``, ``"mup"`` and ``"spectral"`` scale depth as
     CompleteP (branch x m_L^-1) unless ``depth_alpha`` says otherwise; ``"depth_mup"`` is alpha=1/2;
     ``"sp"`` scales nothing. ``conventions="microsoft_mup"`` reproduces microsoft/mup 1.0 (``rules.CONVENTIONS``).
+    ``hparams`` (:class:`~ezmup_plus.hparams.HParams` or a mapping of its knobs) are defined at base and carried
+    to every build by the plan; :meth:`with_hparams` changes them without analysing the factory again.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class MupFactory:
         cache: bool | str | None = None,
         conventions: str = rules.DEFAULT_CONVENTIONS,
         width_constants: str = "correct",
+        hparams: HParams | Mapping[str, float] | None = None,
         **fixed_kwargs: Any,
     ):
         rules.check_parametrization(parametrization)
@@ -239,6 +244,15 @@ class MupFactory:
         self.example_inputs = example_inputs
         self.fixed_kwargs = fixed_kwargs
         self.cache = cache
+        self.hparams = as_hparams(hparams)
+
+    def with_hparams(self, hparams: HParams | Mapping[str, float] | None) -> MupFactory:
+        """The same factory with other knobs, sharing this one's analysis (learned now if not yet): a tuning
+        trial plans and builds, it never traces."""
+        self.analysis  # noqa: B018 -- computed once here, so the copy shares it
+        other = copy.copy(self)
+        other.hparams = as_hparams(hparams)
+        return other
 
     @property
     def base_width(self) -> int:
@@ -302,7 +316,7 @@ class MupFactory:
 @lru_cache(maxsize=64)
 def _plan(f: MupFactory, width: int, depth: int | None, family: str) -> MupPlan:
     return make_plan(f.analysis, width=width, depth=depth, parametrization=f.parametrization, family=family,
-                     depth_alpha=f.depth_alpha, attn_scale=f.attn_scale, conventions=f.conventions)
+                     depth_alpha=f.depth_alpha, attn_scale=f.attn_scale, conventions=f.conventions, hparams=f.hparams)
 
 
 def _sentinels_from(sentinel: int) -> tuple[int, ...]:

@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 import yaml
 
+from .hparams import HParams
+
 
 class ConfigError(ValueError):
     """A config that cannot be used as written; the message names the key and what to do."""
@@ -50,13 +52,14 @@ class MupConfig:
     trace: bool = True  # false: roles from layer types only, for a forward that cannot be traced at all
     conventions: str = "ezmup_plus"  # ezmup_plus | microsoft_mup (rules.CONVENTIONS)
     width_constants: str = "correct"  # numbers that change with the width: correct | warn | error
+    hparams: HParams = field(default_factory=HParams)  # the knobs at base (ezmup_plus.hparams)
 
 
 @dataclass
 class OptimizerConfig:
     name: str = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: mup.hparams.weight_decay, else 0
     wd_mode: str = "independent"
     eps_mode: str = "scaled"
     betas: list | None = None
@@ -201,7 +204,10 @@ def _typed(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"missing key '{path}'")
             continue
         values[f.name] = _check(hints[f.name], data[f.name], path)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a value the section itself refuses (a knob that must be positive)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check(hint: Any, value: Any, path: str) -> Any:
@@ -247,7 +253,7 @@ def build_factory(cfg: Config):
                 width_arg=m.width_arg, depth_arg=m.depth_arg, width_multiple=m.width_multiple,
                 parametrization=mup.parametrization, depth_alpha=mup.depth_alpha, roles=mup.roles,
                 branches=mup.branches, attn_scale=mup.attn_scale, zero_init=mup.zero_init, trace=mup.trace,
-                conventions=mup.conventions, width_constants=mup.width_constants, **m.kwargs)
+                conventions=mup.conventions, width_constants=mup.width_constants, hparams=mup.hparams, **m.kwargs)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -9,12 +9,14 @@ a value becomes at another width (a buffer or a float attribute derived from the
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from .analysis import Analysis, AnalysisOptions, analyse_model
 from .build import PLAN_ATTR, apply_plan
+from .hparams import HParams
 from .plan import MupPlan, make_plan
 from .rules import DEFAULT_CONVENTIONS
 from .shapes import WIDTH
@@ -25,7 +27,7 @@ WIDTH_ATTRS_HINT = "use ezmup_plus.wrap(make_model, base_width=...) instead, whi
 
 def rescale_in_place(
     model: nn.Module, width: int, *, sentinel: int = 47, base_width: int | None = None, parametrization: str = "mup",
-    conventions: str = DEFAULT_CONVENTIONS,
+    conventions: str = DEFAULT_CONVENTIONS, hparams: HParams | Mapping[str, float] | None = None,
 ) -> MupPlan:
     """Re-create every width-scaled parameter of ``model`` (built at ``sentinel``) at ``width``, muP init applied.
 
@@ -36,7 +38,7 @@ def rescale_in_place(
                                                     sentinels=(sentinel,), source="model"))
     scales = _attention_scales(model, analysis, width)
     _refuse_unsure(model, sentinel, set(scales))
-    plan = make_plan(analysis, width=width, parametrization=parametrization, conventions=conventions)
+    plan = make_plan(analysis, width=width, parametrization=parametrization, conventions=conventions, hparams=hparams)
     _resize(model, analysis, plan, sentinel)
     for name, value in scales.items():
         setattr(model.get_submodule(name), SCALE_ATTR, value)

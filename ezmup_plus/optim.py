@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .build import find_plan, planned_module
+from .hparams import HParams, as_hparams
 from .hybrid import MuonHybrid
 from .inplace import rescale_in_place
 from .plan import MupPlan
@@ -71,13 +72,14 @@ def get_mup_optimizer(
     model: nn.Module,
     lr: float,
     optimizer: str | type[torch.optim.Optimizer] = "adamw",
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     *,
     width: int | None = None,
     depth: int | None = None,
     wd_mode: str = "independent",
     eps_mode: str = "scaled",
     conventions: str | None = None,
+    hparams: HParams | dict | None = None,
     **opt_kwargs: Any,
 ) -> torch.optim.Optimizer:
     """An optimizer with muP per-tensor learning rates, weight decay and eps.
@@ -88,10 +90,13 @@ def get_mup_optimizer(
     ``conventions`` (``rules.CONVENTIONS``, e.g. ``"microsoft_mup"``) is the plan's for a model built by ``wrap``
     (given, it must match), and chooses the plan of a model rescaled here (default ``"ezmup_plus"``).
     ``optimizer="muon"`` (or ``"muon_rms"``) gives Muon on hidden matrices and AdamW elsewhere, as one optimizer.
+    ``hparams`` are the knobs of a model rescaled here (for a model built by ``wrap``, given, they must be its
+    plan's); ``weight_decay`` defaults to the plan's ``hparams.weight_decay``, else 0.
     """
     cls, family = resolve_optimizer(optimizer)
     check_modes(wd_mode, eps_mode)
-    plan = _plan_for(model, width, depth, conventions)
+    plan = _plan_for(model, width, depth, conventions, hparams)
+    weight_decay = _weight_decay(weight_decay, plan.hparams.weight_decay)
     model = planned_module(model)  # DDP and torch.compile wrappers rename parameters; the plan uses the inner names
     settings = dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode, eps_mode=eps_mode)
     if cls is MuonHybrid:
@@ -109,11 +114,20 @@ def get_mup_optimizer(
     return cls(groups, lr=lr, weight_decay=weight_decay, **opt_kwargs)
 
 
-def _plan_for(model: nn.Module, width: int | None, depth: int | None, conventions: str | None) -> MupPlan:
+def _weight_decay(given: float | None, planned: float | None) -> float:
+    if given is not None and planned is not None and given != planned:
+        raise ValueError(f"weight_decay={given!r} but the plan's hparams.weight_decay={planned!r}: give one of them")
+    return next((v for v in (given, planned) if v is not None), 0.0)
+
+
+def _plan_for(model: nn.Module, width: int | None, depth: int | None, conventions: str | None,
+              hparams: HParams | dict | None) -> MupPlan:
     plan = find_plan(model)
     if plan is not None:
+        asked_hparams = None if hparams is None else as_hparams(hparams)
         for name, asked, built in (("width", width, plan.width), ("depth", depth, plan.depth),
-                                   ("conventions", conventions, plan.conventions)):
+                                   ("conventions", conventions, plan.conventions),
+                                   ("hparams", asked_hparams, plan.hparams)):
             if asked is not None and asked != built:
                 raise ValueError(f"the model already carries a plan for {name} {built}; got {name}={asked!r}")
         return plan
@@ -126,7 +140,7 @@ def _plan_for(model: nn.Module, width: int | None, depth: int | None, convention
             "ezmup_plus.wrap(factory, base_width=...)(width=...), or build it at the sentinel width (47) and pass "
             "width=... here. ezmup_plus never silently falls back to standard parametrization"
         )
-    return rescale_in_place(model, width, conventions=conventions or DEFAULT_CONVENTIONS)
+    return rescale_in_place(model, width, conventions=conventions or DEFAULT_CONVENTIONS, hparams=hparams)
 
 
 def param_groups(

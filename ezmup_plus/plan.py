@@ -17,6 +17,7 @@ import yaml
 from . import rules
 from .analysis import Analysis
 from .attention import AttentionSpec, unroutable_error
+from .hparams import HParams, as_hparams
 from .inits import RANDOM
 from .shapes import WIDTH, evaluate
 from .trace import ShapeTable
@@ -65,7 +66,7 @@ class AttentionScale:
         return RowBlocks(self.start, self.stop, self.every, self.blocks)
 
 
-ADDED_FIELDS = ("conventions", "input_multipliers", "forward", "constants", "every", "blocks")
+ADDED_FIELDS = ("conventions", "input_multipliers", "forward", "constants", "every", "blocks", "hparams")
 """Written only where not at their default, so plans made before they existed read the same."""
 
 
@@ -96,6 +97,7 @@ class MupPlan:
     input_multipliers: dict[str, float] = field(default_factory=dict)  # module name -> multiplier on its input
     forward: str = "meta"  # where the analysis traced the forward: "meta", "cpu" (meta failed) or "none"
     constants: tuple[str, ...] = ()  # numbers that change with the width, held at base: how, for the table
+    hparams: HParams = HParams()  # the knobs at base that this plan carries to its width and depth
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[name]
@@ -114,7 +116,7 @@ class MupPlan:
         conv = rules.conventions(self.conventions)
         for name, t in self.tensors.items():
             s = rules.fold(family, rules.scaling(self.parametrization, family, t.scale, self.depth_alpha, conv), t.fold)
-            tensors[name] = replace(t, lr_mult=s.lr, wd_mult=s.wd, eps_mult=s.eps)
+            tensors[name] = replace(t, lr_mult=s.lr * self.hparams.lr_mult(t.role), wd_mult=s.wd, eps_mult=s.eps)
         return replace(self, family=family, tensors=tensors)
 
     def effective(self, wd_mode: str = "independent", eps_mode: str = "scaled") -> dict[str, EffectiveNumbers]:
@@ -130,6 +132,8 @@ class MupPlan:
         if self.conventions != rules.DEFAULT_CONVENTIONS:
             head += f", conventions {self.conventions}"
         head += ", not traced" if self.forward == "none" else f", traced on {self.forward}"
+        if self.hparams.changed():
+            head += f"\nhyperparameters (at base): {self.hparams.describe()}"
         columns = ("name", "shape", "fan_in", "role", "from", "init_std", "init", "lr", "wd", "eps", "mult",
                    *EFFECTIVE_COLUMNS)
         rows = [columns]
@@ -157,8 +161,10 @@ class MupPlan:
         how = {"scaling": lambda a: "its 'scaling' attribute", "fold": lambda a: f"{a.query}'s init and LR (folded)",
                "query": lambda a: f"rows {_rows(a)} of {a.query}",
                "weight": lambda a: f"rows {_rows(a)} of {a.query}'s in_proj_weight and bias"}
-        lines += [f"attention logits of {m}: x {a.factor:.4g} (1/d_head instead of 1/sqrt(d_head)), through "
-                  + how[a.via](a) for m, a in self.attention.items()]
+        why = "1/d_head instead of 1/sqrt(d_head)" + (
+            f", times hparams.attention {self.hparams.attention:.4g}" if self.hparams.attention != 1.0 else "")
+        lines += [f"attention logits of {m}: x {a.factor:.4g} ({why}), through " + how[a.via](a)
+                  for m, a in self.attention.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -167,6 +173,8 @@ class MupPlan:
         defaults, so a plan made as before reads as it always did."""
         out = {k: v for k, v in _without_defaults(self).items() if k != "tensors"}
         out["multipliers"] = dict(self.multipliers)
+        if "hparams" in out:
+            out["hparams"] = self.hparams.changed()
         out["attention"] = {m: _without_defaults(a) for m, a in self.attention.items()}
         out["tensors"] = [_tensor_to_dict(t) for t in self]
         return out
@@ -178,6 +186,7 @@ class MupPlan:
     def from_dict(cls, data: Mapping) -> MupPlan:
         data = dict(data)
         data["constants"] = tuple(data.get("constants", ()))
+        data["hparams"] = HParams.from_dict(data.get("hparams"))
         tensors = {t["name"]: _tensor_from_dict(t) for t in data.pop("tensors")}
         attention = {m: AttentionScale(**a) for m, a in data.pop("attention", {}).items()}
         return cls(tensors=tensors, attention=attention, **data)
@@ -300,19 +309,32 @@ def make_plan(
     depth_alpha: float | None = None,
     attn_scale: str = "auto",
     conventions: str = rules.DEFAULT_CONVENTIONS,
+    hparams: HParams | Mapping | None = None,
 ) -> MupPlan:
     """The per-tensor numbers of ``analysis`` at one target: shapes, roles, rules and the factory's base init.
 
     Residual branches get m_L^-alpha, folded into init and LR or as a forward hook; attention whose
     head dim grows gets sqrt(d_base/d) on its logits (unless SP or ``attn_scale="1/sqrt(d)"``);
     zero-init targets start at zero; ``conventions`` (``rules.CONVENTIONS``) chooses eps, the readout's
-    form, the tied init and what ``attn_scale="auto"`` means. Pure: nothing is traced or built.
+    form, the tied init and what ``attn_scale="auto"`` means. ``hparams`` (:class:`~ezmup_plus.hparams.HParams`)
+    are the knobs at base, applied on top at every target: output and input multipliers folded into their
+    tensors (Adam: init x A, LR x A, eps / A; exact), a tied readout's as a forward multiplier, the attention
+    multiplier on the route of muP's own logit factor. Pure: nothing is traced or built.
     """
     rules.check_parametrization(parametrization)
     conv = rules.conventions(conventions)
+    hp = as_hparams(hparams)
     table, roles, base_width = analysis.table, analysis.roles, analysis.options.base_width
     keeps_logits = attn_scale == "1/sqrt(d)" or (attn_scale == "auto" and conv.attention == "model")
-    attention = {} if parametrization == "sp" or keeps_logits else analysis.attention
+    scales_logits = not (parametrization == "sp" or keeps_logits)
+    if hp.attention != 1.0 and not analysis.attention:
+        raise ValueError(f"hparams.attention={hp.attention:g}, but no attention of this model has a head dim that "
+                         "grows with the width, the only attention ezmup_plus routes a logit multiplier to")
+    attention = analysis.attention if scales_logits or hp.attention != 1.0 else {}
+
+    def logit_factor(spec: AttentionSpec, template: str) -> float:
+        return (_logit_factor(spec, template, base_width, width) if scales_logits else 1.0) * hp.attention
+
     for template, spec in attention.items():
         if spec.via == "none":
             raise unroutable_error(module_names(table, template, table.depth)[0], spec.head_dim)
@@ -324,8 +346,8 @@ def make_plan(
     m_depth = 1.0 if depth is None else depth / table.depth
     branch_multiplier = 1.0 if alpha is None else m_depth**-alpha
     base = (base_width, table.depth)
-    query_folds = {spec.query: _logit_factor(spec, template, base_width, width)
-                   for template, spec in attention.items() if spec.via == "fold"}
+    query_folds = {spec.query: logit_factor(spec, template) for template, spec in attention.items() if spec.via == "fold"}
+    inputs = {table.template(n).rpartition(".")[0] for n in table.params if roles[n].role == "input"}
     constant_folds = {c.module: c.factor(base_width, width) for c in analysis.width_constants
                       if c.how == "fold" and parametrization != "sp"}
     tensors: dict[str, TensorPlan] = {}
@@ -347,18 +369,27 @@ def make_plan(
         )
         s = rules.scaling(parametrization, family, scale, alpha, conv)
         module = template.rpartition(".")[0]
+        tied = role.tied_readout is not None and role.role == "input"
+        if tied and hp.input != 1.0:
+            raise ValueError(f"hparams.input={hp.input:g}: {name} is tied to the readout {role.tied_readout}, so the "
+                             "input multiplier can be neither folded into it nor told apart from the readout's")
         fold = ((branch_multiplier if analysis.branches.get(module) == "fold" else 1.0) * query_folds.get(module, 1.0)
-                * constant_folds.get(module, 1.0))
+                * constant_folds.get(module, 1.0) * (hp.output if role.role == "output" else 1.0)
+                * (hp.input if module in inputs else 1.0))
         if fold != 1.0:
             s = rules.fold(family, s, fold)
         multiplier = rules.readout_multiplier(parametrization, scale, conv)
         if multiplier != 1.0:  # MuReadout's form: 1/m_w on the readout's input, its bias added after
             input_multipliers[name.rpartition(".")[0]] = multiplier
-        if role.tied_readout is not None and parametrization != "sp" and role.role == "input":
+        if tied and (parametrization != "sp" or hp.output != 1.0):
             # TP5 Table 8: a tied readout keeps the embedding's init (x m_w**tied_init) and LR; its logits get 1/m_w
-            multiplier = 1.0 / scale.m_out
+            multiplier = (1.0 if parametrization == "sp" else 1.0 / scale.m_out) * hp.output
             multipliers[role.tied_readout] = multiplier
-            s = replace(s, init=s.init * scale.m_out**conv.tied_init)
+            if parametrization != "sp":
+                s = replace(s, init=s.init * scale.m_out**conv.tied_init)
+        g = hp.init_mult(role.role)
+        s = replace(s, init=s.init * g, init_std=None if s.init_std is None else s.init_std * g,
+                    lr=s.lr * hp.lr_mult(role.role))
         law = analysis.inits[template]
         # muP's init is relative to the factory's at base; SP is the factory's own draw at the target
         reference = (law.std(*base) if parametrization != "sp" else law.std(width, depth)) if law.kind in RANDOM \
@@ -397,7 +428,7 @@ def make_plan(
                          + (" (folded into its init and LR)" if c.how == "fold" else ""))
     logit_factors = {}
     for template, spec in attention.items():
-        factor = _logit_factor(spec, template, base_width, width)
+        factor = logit_factor(spec, template)
         if factor == 1.0:
             continue
         rows = [evaluate(e, width, what=f"the query rows of {template}")
@@ -408,7 +439,7 @@ def make_plan(
             logit_factors[name] = AttentionScale(factor, spec.via, query, *rows)
     return MupPlan(width, base_width, parametrization, family, tensors,
                    {k: v for k, v in multipliers.items() if v != 1.0}, logit_factors, depth, table.depth, alpha,
-                   conventions, input_multipliers, analysis.forward.device, tuple(constants))
+                   conventions, input_multipliers, analysis.forward.device, tuple(constants), hp)
 
 
 def _logit_factor(spec: AttentionSpec, template: str, base_width: int, width: int) -> float:
