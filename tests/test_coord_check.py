@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 import ezmup_plus as ezp
 from ezmup_plus.diagnostics import CoordCheck, CoordRow, coord_check
@@ -56,3 +57,24 @@ def test_spectral_check_flat_under_mup_growing_under_sp(batch, tmp_path):
     assert not sp.ok and sp.slope("weight", "hidden.1.weight") > 0.7, str(sp)
     assert "readout alignment" in str(mup)
     assert mup.plot(tmp_path / "spectral.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_watching_a_module_called_twice_leaves_the_forward_as_it_is():
+    """A watched module used twice (Falcon's and Bloom's shared projections, a weight-tied block): the hook records
+    its first output and must not hand that back as the second call's output."""
+    from ezmup_plus.diagnostics.coord import _outputs
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.lin(self.lin(x)))
+
+    torch.manual_seed(0)
+    model, x = Twice(), torch.randn(4, 8)
+    seen = _outputs(model, list(model.named_children()), x)
+    with torch.no_grad():
+        assert torch.equal(seen["lin"], model.lin(x))
+        assert torch.equal(seen["head"], model(x))
