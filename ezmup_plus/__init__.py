@@ -7,6 +7,7 @@ from .build import MupFactory, plan_of, rescale_init, wrap
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_config, load_config
 from .export import export_standard
+from .hparams import HParams
 from .diagnostics import check_init, coord_check, lr_sweep
 from .optim import get_mup_optimizer, register_optimizer
 from .plan import EffectiveNumbers, MupPlan, TensorPlan
@@ -15,6 +16,7 @@ from .scale_config import scale_config
 
 __all__ = [
     "EffectiveNumbers",
+    "HParams",
     "MupFactory",
     "MupPlan",
     "PARAMETRIZATIONS",
