@@ -52,6 +52,13 @@ class CoordCheck:
     def steps(self) -> list[int]:
         return sorted({r.step for r in self.rows})
 
+    def spread(self, module: str, field: str = "rms", step: int | None = None) -> float:
+        """The largest over the smallest ``field`` across the widths at ``step`` (default: the last): the
+        factor by which a module's activations (or, ``delta_rms``, their change since init) move over the widths."""
+        step = max(self.steps) if step is None else step
+        values = [getattr(r, field) for r in self.rows if r.module == module and r.step == step]
+        return max(values) / max(min(values), 1e-30)
+
     def worst_slope(self, module: str) -> float:
         """The worst slope after init: growth of the activations, or growth or decay of their change.
 
@@ -109,7 +116,8 @@ def coord_check(
 
     ``factory`` is an ``ezp.wrap`` factory (muP) or any ``width -> nn.Module`` (then plain PyTorch
     optimizer, i.e. SP, for comparison). ``modules`` picks which modules to watch (default: every
-    module that owns parameters). RMS values are averaged over ``seeds`` builds (seeds ``seed``,
+    module that owns parameters; one whose forward never runs, its weight used functionally as Mamba-2
+    uses its ``conv1d``, has no output to watch and is left out). RMS values are averaged over ``seeds`` builds (seeds ``seed``,
     ``seed + 1``, ...): a width-independent random offset, such as a readout bias drawn once per
     build, moves one seed's slope by a few tenths either way.
     """
@@ -134,7 +142,7 @@ def _run(factory, width, optimizer, lr, seed, x, y, loss_fn, steps, modules) -> 
     out = {}
     for step in range(steps + 1):
         now = init if step == 0 else _outputs(model, watched, x)
-        out.update({(n, step): (_rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched})
+        out.update({(n, step): (_rms(now[n]), _rms(now[n] - init[n])) for n, _ in watched if n in init})
         if step < steps:
             opt.zero_grad()
             loss_fn(_call(model, x), y).backward()
@@ -154,8 +162,13 @@ def build_and_optimizer(factory: Callable[..., nn.Module], width: int, optimizer
 
 def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: captured.setdefault(n, _first_tensor(out)))
-             for n, m in watched]
+
+    def hook(name):
+        def record(module, args, out) -> None:  # returns None: a returned value would replace the module's output
+            captured.setdefault(name, _first_tensor(out))
+        return record
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in watched]
     try:
         with torch.no_grad():
             _call(model, x)
