@@ -18,7 +18,7 @@ from ezmup_plus.diagnostics import geometric_lrs, random_batches, train
 
 PRESETS = {
     "smoke": dict(widths=[32, 64], steps=20, seeds=[0]),
-    "cpu": dict(widths=[32, 64, 128, 256], steps=150, seeds=[0]),
+    "cpu": dict(widths=[32, 64, 128, 256], steps=150, seeds=[0, 1, 2]),
 }
 
 
