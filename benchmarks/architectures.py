@@ -197,6 +197,10 @@ def survey(name: str, check: bool = True) -> dict:
 
 
 WAYS_OUT = {  # architecture -> what stops a full pass, and the way out (for the README table)
+    "Mamba": "readout change 1.50 over 4x, at the 1.5 line (shrinking, untied too); blocks flat (1.05). Open",
+    "Mamba-2": "readout change shrinks with width (x0.77, 0.79, 0.87, 0.90 per doubling from 32 to 512, zero-init "
+               "readout too): flattening, not yet flat at 4x base; blocks flat. Open",
+    "T5": "tied readout's change shrinks (1.86 over 4x; untied 1.79): open; blocks flat, SP fails",
 }
 
 
