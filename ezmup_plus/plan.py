@@ -459,7 +459,7 @@ def module_names(table: ShapeTable, template: str, depth: int | None) -> list[st
 def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:
     """(name at ``depth``, the base-depth name it copies) in the model's parameter order.
 
-    Every block of a stack repeats the parameters of its block 0.
+    Every block of a stack repeats the parameters of its block 0, but those only block 0 has (``first_only``).
     """
     out: list[tuple[str, str]] = []
     done = set()
@@ -475,7 +475,8 @@ def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:
         first = stack.block(0)
         per_block = [n for n in table.params if table.stack_of(n) == (stack, 0)]
         for index in range(stack.count(depth)):
-            out += [(stack.block(index) + n[len(first):], n) for n in per_block]
+            out += [(stack.block(index) + n[len(first):], n) for n in per_block
+                    if index == 0 or n[len(first):] not in stack.first_only]
     return out
 
 

@@ -38,11 +38,15 @@ class ParamShape:
 
 @dataclass(frozen=True)
 class Stack:
-    """A depth-repeated stack of blocks, e.g. ``blocks.{i}``: it holds ``per_depth * depth + offset`` blocks."""
+    """A depth-repeated stack of blocks, e.g. ``blocks.{i}``: it holds ``per_depth * depth + offset`` blocks.
+
+    ``first_only``: parameters (names after the block's own) that block 0 has and the others do not, such as
+    T5's relative position bias, computed once and shared by every later block."""
 
     template: str
     per_depth: int
     offset: int
+    first_only: tuple[str, ...] = ()
 
     def count(self, depth: int) -> int:
         return self.per_depth * depth + self.offset
@@ -234,7 +238,8 @@ def probe_depth(
             f"the factory ignores its depth argument. Check that it passes '{depth_arg}' to the number of blocks"
         )
     new = sorted(names[1] - names[0])
-    templates = {_stack_template(name) for name in new}
+    shallow = {".".join(n.split(".")[:k]) for n in names[0] for k in range(1, n.count(".") + 1)}
+    templates = {_stack_template(name, shallow) for name in new}
     stacks = []
     for template in sorted(templates):
         counts = [_count_blocks(template, n) for n in names]
@@ -242,17 +247,30 @@ def probe_depth(
         if per_depth < 1 or counts[2] - counts[1] != per_depth:
             raise ValueError(f"the stack {template} holds {counts} blocks at {depth_arg}={depths}: "
                              "its number of blocks must grow linearly with the depth")
-        stacks.append(Stack(template, per_depth, counts[0] - per_depth * first_depth))
+        stacks.append(Stack(template, per_depth, counts[0] - per_depth * first_depth,
+                            _first_only(template, names[2])))
     return replace(table, stacks=tuple(stacks), depth=base_depth), deeper
 
 
-def _stack_template(name: str) -> str:
-    """The first numeric path component of ``name`` counts the blocks: replace it by ``{i}``."""
+def _stack_template(name: str, shallow: set[str]) -> str:
+    """The first numeric path component of ``name`` that leads to a module the shallower probe lacks counts the
+    blocks: replace it by ``{i}``. (Stages of blocks, as in Swin's ``encoder.layers.0.blocks.1``, are stacks of
+    their own, one per stage.)"""
     parts = name.split(".")
     for k, part in enumerate(parts):
-        if part.isdigit():
+        if part.isdigit() and ".".join(parts[:k + 1]) not in shallow:
             return ".".join([*parts[:k], "{i}"])
     raise ValueError(f"{name} appears only at the larger depth but has no block index in its name")
+
+
+def _first_only(template: str, names: set[str]) -> tuple[str, ...]:
+    """The parameter suffixes (``.layer.0.SelfAttention.relative_attention_bias.weight``) of block 0 that block 1
+    lacks, at the deepest probe (two blocks or more)."""
+    def suffixes(index: int) -> set[str]:
+        head = template.replace("{i}", str(index)) + "."
+        return {n[len(head) - 1:] for n in names if n.startswith(head)}
+
+    return tuple(sorted(suffixes(0) - suffixes(1)))
 
 
 def _count_blocks(template: str, names: set[str]) -> int:

@@ -78,3 +78,37 @@ def test_watching_a_module_called_twice_leaves_the_forward_as_it_is():
     with torch.no_grad():
         assert torch.equal(seen["lin"], model.lin(x))
         assert torch.equal(seen["head"], model(x))
+
+
+class TupleBlocks(torch.nn.Module):
+    """Blocks returning (hidden, extra) whose caller takes element 0, as Falcon's and Bloom's do."""
+
+    class Block(torch.nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.fc = torch.nn.Linear(width, width)
+
+        def forward(self, h):
+            return h + self.fc(h), None
+
+    def __init__(self, width):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(8, width), torch.nn.Linear(width, 1)
+        self.blocks = torch.nn.ModuleList([self.Block(width) for _ in range(2)])
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)[0]
+        return self.out(h)
+
+
+def test_watching_a_block_leaves_its_output_alone(batch):
+    """The watch hooks return None: a hook's returned value would replace the tuple by its first tensor."""
+    check = coord_check(TupleBlocks, [16, 32], batch, steps=1, modules=lambda n, m: n in ("blocks.0", "blocks.1"))
+    assert check.modules == ["blocks.0", "blocks.1"]
+    torch.manual_seed(0)
+    plain = TupleBlocks(16)
+    rms = float(plain.blocks[0](plain.inp(batch[0]))[0].pow(2).mean().sqrt())
+    assert [r.rms for r in check.rows if r.module == "blocks.0" and r.width == 16 and r.step == 0] == [
+        pytest.approx(rms)]

@@ -52,6 +52,13 @@ class CoordCheck:
     def steps(self) -> list[int]:
         return sorted({r.step for r in self.rows})
 
+    def spread(self, module: str, field: str = "rms", step: int | None = None) -> float:
+        """The largest over the smallest ``field`` across the widths at ``step`` (default: the last): the
+        factor by which a module's activations (or, ``delta_rms``, their change since init) move over the widths."""
+        step = max(self.steps) if step is None else step
+        values = [getattr(r, field) for r in self.rows if r.module == module and r.step == step]
+        return max(values) / max(min(values), 1e-30)
+
     def worst_slope(self, module: str) -> float:
         """The worst slope after init: growth of the activations, or growth or decay of their change.
 
