@@ -107,10 +107,12 @@ def test_shipped_configs_build(name):
 def test_shipped_configs_train_on_their_named_data(name, data_copies, tmp_path):
     """What a fresh clone runs: `ezmup-plus train CONFIG` with the data set the config names (each *_sp config
     is its muP config with one line changed, and builds in the test above)."""
-    main(["train", str(CONFIGS / f"{name}.yaml"), "--set", "model.width=64", "--set", "train.steps=2",
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    width = 2 * (cfg.mup.base_width or cfg.model.width)  # twice the base: rescaled, and small (VGG11 at 64 is the full net)
+    main(["train", str(CONFIGS / f"{name}.yaml"), "--set", f"model.width={width}", "--set", "train.steps=2",
           "--out", str(tmp_path)])
     plan = ezp.MupPlan.from_yaml(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["plan"])
-    assert plan.parametrization == load_config(CONFIGS / f"{name}.yaml").mup.parametrization and plan.width == 64
+    assert plan.parametrization == cfg.mup.parametrization and plan.width == width
     assert len(json.loads((tmp_path / "loss.json").read_text())["train"]) == 2
 
 
