@@ -143,8 +143,10 @@ def main() -> None:
             stages = ", ".join(f"{k} {v:.3f}" for k, v in row["stages"].items())
             print(f"  {label:18s} {row['seconds']:7.3f} s  x{row['ratio_to_plain']:.2f}  {stages}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "build_cost.json").write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {RESULTS / 'build_cost.json'}")
+    out = RESULTS / "build_cost.json"  # configs not run this time keep their last measurement
+    kept = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**kept, **results}, indent=2))
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

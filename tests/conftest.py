@@ -37,3 +37,17 @@ def data_copies() -> Path:
 def no_analysis_cache(monkeypatch):
     """Every test analyses its factories afresh (tests of the cache give it a directory of their own)."""
     monkeypatch.setenv("EZMUP_PLUS_CACHE", "off")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty cache and a download that fails as it does without network."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+
+    def refuse(url, **kwargs):
+        calls.append(url)
+        raise ConnectionError("Could not resolve host")
+
+    monkeypatch.setattr("pooch.retrieve", refuse)
+    return calls

@@ -43,20 +43,6 @@ def write_batches(folder: Path, per_batch: int = 4, seed: int = 0) -> dict:
     return written
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty cache and a download that fails as it does without network."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    calls = []
-
-    def refuse(url, **kwargs):
-        calls.append(url)
-        raise ConnectionError("Could not resolve host")
-
-    monkeypatch.setattr("pooch.retrieve", refuse)
-    return calls
-
-
 def test_loader_reads_the_canonical_format_from_a_folder_and_the_tarball(offline, tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     written = write_batches(folder)

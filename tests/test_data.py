@@ -27,20 +27,6 @@ def test_shakespeare_chars_and_batches(data_copies):
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No copies, an empty cache, and a download that fails as it does without network."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    calls = []
-
-    def refuse(url, **kwargs):
-        calls.append(url)
-        raise ConnectionError("Could not resolve host")
-
-    monkeypatch.setattr("pooch.retrieve", refuse)
-    return calls
-
-
 def test_offline_without_a_copy_is_one_line_naming_file_url_and_variable(offline, monkeypatch):
     monkeypatch.delenv(DATA_DIR_VAR, raising=False)
     with pytest.raises(DataUnavailable) as info:
