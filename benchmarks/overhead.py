@@ -1,6 +1,7 @@
 """What ezmup_plus costs against plain PyTorch, measured as ratios in one run.
 
-(a) optimizer step time, get_mup_optimizer vs the plain optimizer (same foreach setting), ~50M-parameter GPT;
+(a) optimizer step time, get_mup_optimizer vs the plain optimizer (same foreach setting), ~50M-parameter GPT,
+    as the median per-pair ratio with a 95% bootstrap interval;
 (b) build: f(width=W) vs the plain factory, extra seconds (tracing) and peak-memory ratio;
 (c) the same build at GPT-2-XL size (1.5B parameters);
 (d) torch.compile step time with and without ezmup_plus.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import random
 import subprocess
 import sys
 import time
@@ -25,7 +26,8 @@ import torch  # noqa: E402
 import ezmup_plus as ezp  # noqa: E402
 from ezmup_plus.hybrid import MuonHybrid  # noqa: E402
 from ezmup_plus.models.gpt import GPT  # noqa: E402
-from ezmup_plus.optim import OPTIMIZERS  # noqa: E402
+from ezmup_plus.diagnostics.optimum import RESAMPLES, interval, median  # noqa: E402
+from ezmup_plus.optim import MUON_ADJUST_LR, OPTIMIZERS  # noqa: E402
 
 BUILD = """
 import resource, sys, time, torch
@@ -53,26 +55,32 @@ def build_in_subprocess(mup: bool, width: int, depth: int, heads: int, base: int
     return float(out[0]), float(out[1]), float(out[2])
 
 
-def step_time_ratio(model: torch.nn.Module, name: str, reps: int) -> tuple[float, float]:
-    """Median step time of (muP optimizer, plain optimizer), interleaved so both see the same machine."""
+def step_time_ratio(model: torch.nn.Module, name: str, reps: int) -> dict[str, float]:
+    """Step times of the muP and the plain optimizer, interleaved so both see the same machine: the medians,
+    and the median of the per-pair ratios with its bootstrap interval (the run's own noise)."""
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     ours = ezp.get_mup_optimizer(model, lr=1e-3, optimizer=name, foreach=True)
-    cls, _ = OPTIMIZERS[name]
+    cls, family = OPTIMIZERS[name]
     if cls is MuonHybrid:  # the same split by hand, one group each: what a user would write without muP
         plan = ezp.plan_of(model)
         hidden = [p for n, p in model.named_parameters() if plan[n].role == "hidden" and p.dim() == 2]
         rest = [p for n, p in model.named_parameters() if not (plan[n].role == "hidden" and p.dim() == 2)]
-        plain = MuonHybrid([{"params": hidden}], [{"params": rest}], lr=1e-3, adamw_kwargs={"foreach": True})
+        plain = MuonHybrid([{"params": hidden}], [{"params": rest}], lr=1e-3, adamw_kwargs={"foreach": True},
+                           muon_kwargs={"adjust_lr_fn": MUON_ADJUST_LR[family]})
     else:
         plain = cls(model.parameters(), lr=1e-3, foreach=True)
     times = {"ours": [], "plain": []}
-    for _ in range(reps):
+    for _ in range(reps + 1):  # the first pair warms up both
         for key, opt in (("ours", ours), ("plain", plain)):
             start = time.perf_counter()
             opt.step()
             times[key].append(time.perf_counter() - start)
-    return statistics.median(times["ours"][1:]), statistics.median(times["plain"][1:])
+    ratios = [a / b for a, b in zip(times["ours"][1:], times["plain"][1:])]
+    rng = random.Random(0)
+    low, high = interval([median(rng.choices(ratios, k=len(ratios))) for _ in range(RESAMPLES)])
+    return {"ezmup_plus": median(times["ours"][1:]), "plain": median(times["plain"][1:]),
+            "ratio": median(ratios), "ratio_interval": [low, high]}
 
 
 def compile_ratio(steps: int) -> dict[str, float]:
@@ -91,7 +99,7 @@ def compile_ratio(steps: int) -> dict[str, float]:
                 net(idx).square().mean().backward()
                 opt.step()
                 times.append(time.perf_counter() - start)
-            result[f"{label} {mode} (s/step)"] = statistics.median(times[2:])
+            result[f"{label} {mode} (s/step)"] = median(times[2:])
     result["compiled/eager, plain"] = result["plain compiled (s/step)"] / result["plain eager (s/step)"]
     result["compiled/eager, ezmup_plus"] = result["ezmup_plus compiled (s/step)"] / result["ezmup_plus eager (s/step)"]
     return result
@@ -106,11 +114,12 @@ def main() -> None:
     model = ezp.wrap(GPT, base_width=64, width_multiple=8, depth=depth, n_head=8)(width=width)
     n_params = sum(p.numel() for p in model.parameters())
     results: dict = {"params": n_params, "step_time": {}}
-    print(f"(a) optimizer step, GPT with {n_params / 1e6:.1f}M parameters, foreach=True, median of interleaved steps")
+    print(f"(a) optimizer step, GPT with {n_params / 1e6:.1f}M parameters, foreach=True, interleaved steps")
     for name in sorted(OPTIMIZERS):
-        ours, plain = step_time_ratio(model, name, reps=5 if args.quick else 15)
-        results["step_time"][name] = {"ezmup_plus": ours, "plain": plain, "ratio": ours / plain}
-        print(f"    {name:10s} ezmup_plus {ours * 1e3:8.2f} ms   plain {plain * 1e3:8.2f} ms   ratio {ours / plain:.3f}")
+        t = step_time_ratio(model, name, reps=5 if args.quick else (15 if name.startswith("muon") else 41))
+        results["step_time"][name] = t
+        print(f"    {name:10s} ezmup_plus {t['ezmup_plus'] * 1e3:8.2f} ms   plain {t['plain'] * 1e3:8.2f} ms   "
+              f"ratio {t['ratio']:.3f} [{t['ratio_interval'][0]:.3f}, {t['ratio_interval'][1]:.3f}]")
 
     sizes = [("small", 256, 4, 8, 64)] + ([] if args.quick else [("gpt2-xl", 1600, 48, 25, 400)])
     results["build"] = {}

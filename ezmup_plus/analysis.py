@@ -336,6 +336,12 @@ def _expression(text: str) -> sympy.Expr:
     return sympy.sympify(text, locals={"w": WIDTH})
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types, once per class (resolving them is most of a cache load)."""
+    return typing.get_type_hints(cls)
+
+
 def _typed(hint: Any, data: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
@@ -343,7 +349,7 @@ def _typed(hint: Any, data: Any) -> Any:
             return None
         return _typed(next(a for a in args if a is not type(None)), data)
     if dataclasses.is_dataclass(hint):
-        hints = typing.get_type_hints(hint)
+        hints = _field_types(hint)
         return hint(**{k: _typed(hints[k], v) for k, v in data.items()})
     if hint is sympy.Expr:
         return _expression(data)

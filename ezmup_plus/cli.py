@@ -32,12 +32,13 @@ class Task:
 
 def task_from(cfg: Config) -> Task:
     d, batch = cfg.data, cfg.train.batch_size
+    held = slice(d.val_size)  # the first val_size held-out examples, all of them for None
     if d.augment and d.name != "cifar10":
         raise ConfigError(f"data.augment is for images (data.name: cifar10), not data.name={d.name!r}")
     if d.name == "tinyshakespeare":
         train_ids, val_ids, _ = load_shakespeare_chars(d.path)
         return Task(lambda s: lm_batches(train_ids, d.block_size, batch, s),
-                    next(lm_batches(val_ids, d.block_size, 64, 1234)), lm_loss)
+                    next(lm_batches(val_ids, d.block_size, d.val_size or 64, 1234)), lm_loss)
     if d.name in ("california_housing", "digits", "synthetic"):
         if d.name == "california_housing":
             x, y, xv, yv = load_california_housing(d.path)
@@ -48,11 +49,11 @@ def task_from(cfg: Config) -> Task:
         else:
             x, y, xv, yv = _synthetic(cfg.model.kwargs.get("in_features", 8), cfg.model.kwargs.get("out_features", 1))
         loss = torch.nn.functional.cross_entropy if d.name == "digits" else torch.nn.functional.mse_loss
-        return Task(lambda s: random_batches(x, y, batch, s), (xv, yv), loss)
+        return Task(lambda s: random_batches(x, y, batch, s), (xv[held], yv[held]), loss)
     if d.name == "cifar10":
         cifar = load_cifar10(d.path)
         print(cifar.described)
-        return Task(lambda s: cifar.batches(batch, s, augment=d.augment), (cifar.x_test, cifar.y_test),
+        return Task(lambda s: cifar.batches(batch, s, augment=d.augment), (cifar.x_test[held], cifar.y_test[held]),
                     torch.nn.functional.cross_entropy)
     raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing, "
                       "tinyshakespeare or cifar10")

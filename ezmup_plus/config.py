@@ -105,6 +105,11 @@ class DataConfig:
     path: str | None = None  # a local copy of the named set; else $EZMUP_PLUS_DATA, the cache or a download
     block_size: int = 64
     augment: bool = False  # cifar10: random crop (padding 4) and horizontal flip of the training batches
+    val_size: int | None = None  # validation examples (text: blocks); None: the held-out split (text: 64 blocks)
+
+    def __post_init__(self):
+        if self.val_size is not None and self.val_size < 1:
+            raise ConfigError(f"data.val_size={self.val_size} must be at least 1 (or null for the whole split)")
 
 
 @dataclass

@@ -110,10 +110,21 @@ def test_shipped_configs_train_on_their_named_data(name, data_copies, tmp_path):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     width = 2 * (cfg.mup.base_width or cfg.model.width)  # twice the base: rescaled, and small (VGG11 at 64 is the full net)
     main(["train", str(CONFIGS / f"{name}.yaml"), "--set", f"model.width={width}", "--set", "train.steps=2",
-          "--out", str(tmp_path)])
+          "--set", "data.val_size=128", "--out", str(tmp_path)])  # 128 of CIFAR-10's 10,000 test images
     plan = ezp.MupPlan.from_yaml(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["plan"])
     assert plan.parametrization == cfg.mup.parametrization and plan.width == width
     assert len(json.loads((tmp_path / "loss.json").read_text())["train"]) == 2
+
+
+def test_val_size_takes_the_first_held_out_examples():
+    from ezmup_plus.cli import task_from
+
+    base = {"model": {"factory": "ezmup_plus.models.mlp:MLP", "width": 16}, "data": {"name": "digits"}}
+    whole = task_from(load_config(base)).val
+    first = task_from(load_config(base, ["data.val_size=5"])).val
+    assert len(whole[0]) > 5 and all(torch.equal(a[:5], b) for a, b in zip(whole, first))
+    with pytest.raises(ConfigError, match=r"data.val_size=0 must be at least 1"):
+        load_config(base, ["data.val_size=0"])
 
 
 def test_sp_variants_are_one_line_apart():
