@@ -19,6 +19,7 @@ from .atomic import atomic_write
 from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
 from .data import DataUnavailable, lm_batches, lm_loss, load_california_housing, load_cifar10, load_shakespeare_chars
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
+from .horizon import add_horizon_options, horizon_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +146,12 @@ def cmd_transfer(args) -> None:
                     cfg.mup.parametrization).optima[base]
     if math.isnan(tuned.log2_lr):
         raise ValueError(f"every run at the base width {base} diverged: no LR to transfer; lower --lr-range")
-    target = _sweep(cfg, args, [cfg.model.width], [tuned.lr], [cfg.mup.parametrization])
+    target_cfg, horizon = horizon_config(cfg, steps=args.steps, batch_size=args.batch_size, mode=args.wd_horizon)
+    same = target_cfg == cfg  # another horizon's target runs are not logged (the log's keys have no steps or wd)
+    target = _sweep(target_cfg, args if same else argparse.Namespace(**{**vars(args), "out": None}),
+                    [cfg.model.width], [tuned.lr], [cfg.mup.parametrization])
     losses = ", ".join(f"{r.val_loss:.4f}" for r in target)
-    print(f"best LR at base width {base}: {tuned.describe()}; at width {cfg.model.width} with it: "
+    print(f"best LR at base width {base}: {tuned.describe()}; at width {cfg.model.width} with it ({horizon}): "
           f"validation loss {losses} (seeds {', '.join(map(str, args.seeds))})")
 
 
@@ -247,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="two or more give bootstrap intervals on the best LR and the drift")
         p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"])
         p.add_argument("--out", type=Path, default=None)
+    add_horizon_options(p)  # the transfer command's: the target's steps and batch size, the weight-decay rule
     p = command("coord-check", cmd_coord_check, "activation RMS vs width after a few steps; exit 1 on failure")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, default=3)
