@@ -329,7 +329,7 @@ def _report(study, knobs: Mapping[str, Knob], spec: str, out: Path) -> TuneResul
         fh.write(f"# trial {best.number} of study {study.study_name!r} ({spec}): validation loss {best.value!r}\n"
                  f"# an overlay: ezmup-plus train|sweep|transfer CONFIG --overlay {out / 'best.yaml'}\n")
         yaml.safe_dump(nested, fh, sort_keys=False)
-    plots = _plots(good, keys, out)
+    plots = _plots(study, len(good), list(knobs), out)
     print(f"best: trial {best.number}, validation loss {best.value:.4g}: "
           + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
           + f"\nwrote {out / 'best.yaml'}, {out / 'trials.csv'}" + "".join(f", {p}" for p in plots))
@@ -373,28 +373,33 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _plots(trials: list, keys: Sequence[str], out: Path) -> list[Path]:
-    """Optimization history, slices and (two or more knobs, two or more trials) importances as PNG, drawn from the
-    trials with a finite loss only (one inf would flatten every axis)."""
+def _plots(study, finished: int, keys: Sequence[str], out: Path) -> list[Path]:
+    """Optimization history, slices and (two or more knobs, two or more finished trials) importances as PNG; Optuna
+    leaves out the diverged trials (their loss is inf)."""
     try:
-        from .diagnostics.figures import pyplot, save
+        from .diagnostics.figures import pyplot
 
-        pyplot()  # the Agg backend before Optuna imports pyplot
+        plt = pyplot()  # the Agg backend before Optuna imports pyplot
         from optuna.visualization import matplotlib as vis
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install 'ezmup_plus[plots]')")
         return []
     optuna = _optuna()
-    view = optuna.create_study(direction="minimize")
-    view.add_trials(trials)
     plots = {"history": vis.plot_optimization_history, "slice": vis.plot_slice}
-    if len(trials) >= 2 and len(keys) >= 2:
+    if finished >= 2 and len(keys) >= 2:
         plots["importances"] = vis.plot_param_importances
     written = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", UserWarning)  # tight_layout beside a colour bar
-        for name, plot in plots.items():
-            axes = plot(view)
-            written.append(save(getattr(axes, "flat", [axes])[0].figure, out / f"{name}.png"))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # not one line per diverged trial left out
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # matplotlib on a knob that took one value only
+            for name, plot in plots.items():
+                axes = plot(study)
+                fig = getattr(axes, "flat", [axes])[0].figure  # plot_slice: an array of Axes for several knobs
+                fig.savefig(out / f"{name}.png", dpi=90, bbox_inches="tight")  # tight_layout fails beside colour bars
+                plt.close(fig)
+                written.append(out / f"{name}.png")
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     return written
