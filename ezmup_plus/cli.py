@@ -19,7 +19,7 @@ from .config import Config, ConfigError, build_factory, build_optimizer, build_s
 from .data import DataUnavailable
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, transfer_table
 from .trial import run_trial, task_from
-from .tune import OptunaMissing
+from .tune import OptunaMissing, storage_spec, tune
 
 
 def _out_dir(path: Path) -> Path:
@@ -100,8 +100,6 @@ def cmd_sweep(args) -> None:
 
 def cmd_tune(args) -> None:
     """An Optuna study on the config's proxy; its best.yaml is an overlay for train, sweep and transfer."""
-    from .tune import tune
-
     tune(args.config, args.space, trials=args.trials, storage=args.storage, workers=args.workers, study=args.study,
          out=_out_dir(_tune_out(args)), pruner=args.pruner, seed=args.seed, overrides=args.set,
          overlays=args.overlay, eval_every=args.eval_every)
@@ -169,8 +167,6 @@ def _kept(args) -> str:
     elif args.command in ("sweep", "transfer") and args.out:
         says, path = "the log line of every finished run is kept in", args.out / "sweep.jsonl"
     elif args.command == "tune":
-        from .tune import storage_spec
-
         return (f"the finished trials are kept in {storage_spec(args.storage, _tune_out(args), args.workers)}; "
                 "run it again to top up to --trials")
     elif args.command == "export":
