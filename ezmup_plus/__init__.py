@@ -13,6 +13,7 @@ from .optim import get_mup_optimizer, register_optimizer
 from .plan import EffectiveNumbers, MupPlan, TensorPlan
 from .rules import PARAMETRIZATIONS, ROLES
 from .scale_config import scale_config
+from .tune import tune
 
 __all__ = [
     "EffectiveNumbers",
@@ -35,5 +36,6 @@ __all__ = [
     "rescale_init",
     "save_checkpoint",
     "scale_config",
+    "tune",
     "wrap",
 ]

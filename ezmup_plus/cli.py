@@ -1,4 +1,4 @@
-"""The ``ezmup-plus`` command line: inspect a plan, train, sweep, transfer, coordinate-check, export, demo."""
+"""The ``ezmup-plus`` command line: inspect a plan, train, sweep, tune, transfer, coordinate-check, export, demo."""
 
 from __future__ import annotations
 
@@ -10,63 +10,17 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import yaml
 
 from .atomic import atomic_write
-from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config
-from .data import DataUnavailable, lm_batches, lm_loss, load_california_housing, load_cifar10, load_shakespeare_chars
-from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
+from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config, read_yaml
+from .data import DataUnavailable
+from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, transfer_table
 from .horizon import add_horizon_options, horizon_config
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """What a config trains on: endless batches, a fixed validation batch and the loss."""
-
-    batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # seed -> batches
-    val: tuple[torch.Tensor, torch.Tensor]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def task_from(cfg: Config) -> Task:
-    d, batch = cfg.data, cfg.train.batch_size
-    held = slice(d.val_size)  # the first val_size held-out examples, all of them for None
-    if d.augment and d.name != "cifar10":
-        raise ConfigError(f"data.augment is for images (data.name: cifar10), not data.name={d.name!r}")
-    if d.name == "tinyshakespeare":
-        train_ids, val_ids, _ = load_shakespeare_chars(d.path)
-        return Task(lambda s: lm_batches(train_ids, d.block_size, batch, s),
-                    next(lm_batches(val_ids, d.block_size, d.val_size or 64, 1234)), lm_loss)
-    if d.name in ("california_housing", "digits", "synthetic"):
-        if d.name == "california_housing":
-            x, y, xv, yv = load_california_housing(d.path)
-        elif d.name == "digits":
-            from .demo import digits
-
-            x, y, xv, yv = digits()
-        else:
-            x, y, xv, yv = _synthetic(cfg.model.kwargs.get("in_features", 8), cfg.model.kwargs.get("out_features", 1))
-        loss = torch.nn.functional.cross_entropy if d.name == "digits" else torch.nn.functional.mse_loss
-        return Task(lambda s: random_batches(x, y, batch, s), (xv[held], yv[held]), loss)
-    if d.name == "cifar10":
-        cifar = load_cifar10(d.path)
-        print(cifar.described)
-        return Task(lambda s: cifar.batches(batch, s, augment=d.augment), (cifar.x_test[held], cifar.y_test[held]),
-                    torch.nn.functional.cross_entropy)
-    raise ConfigError(f"data.name={d.name!r} is unknown; choose synthetic, digits, california_housing, "
-                      "tinyshakespeare or cifar10")
-
-
-def _synthetic(n_in: int, n_out: int, n: int = 2048) -> tuple[torch.Tensor, ...]:
-    """A fixed random teacher: y = tanh(x A) B, so runs need no data files."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, n_in, generator=g)
-    y = torch.tanh(x @ torch.randn(n_in, 32, generator=g)) @ torch.randn(32, n_out, generator=g) / 32**0.5
-    cut = n * 3 // 4
-    return x[:cut], y[:cut], x[cut:], y[cut:]
+from .trial import run_trial, task_from
+from .tune import OptunaMissing, storage_spec, tune
 
 
 def _out_dir(path: Path) -> Path:
@@ -83,8 +37,17 @@ def _train_out(args) -> Path:
     return args.out or Path("runs") / Path(args.config).stem
 
 
+def _tune_out(args) -> Path:
+    return args.out or Path("runs") / "tune" / Path(args.config).stem
+
+
+def _config(args) -> Config:
+    """The command's config: the file, its --overlay files merged over it, then the --set overrides."""
+    return load_config(args.config, args.set, args.overlay)
+
+
 def cmd_inspect(args) -> None:
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     factory = build_factory(cfg)
     print(factory.plan(width=cfg.model.width, depth=cfg.model.depth))
 
@@ -93,7 +56,7 @@ def cmd_train(args) -> None:
     """Train through the Accelerate engine (one process, or each process of a torchrun / accelerate launch)."""
     from .engine import Engine
 
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     out = _out_dir(_train_out(args))
     task = task_from(cfg)
     with Engine(cfg.train) as engine:
@@ -117,17 +80,15 @@ def _sweep(cfg: Config, args, widths, lrs, parametrizations) -> list:
                  for p in parametrizations}
 
     def run(parametrization, width, depth, lr, seed):
-        torch.manual_seed(seed)
-        model = factories[parametrization](width=width, depth=depth)
-        opt = build_optimizer(model, dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=lr)))
-        return train(model, opt, task.batches(seed), task.loss, cfg.train.steps, task.val)
+        at_lr = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=lr))
+        return run_trial(factories[parametrization], at_lr, task, width, depth, seed)
 
     return lr_sweep(run, widths=widths, lrs=lrs, seeds=args.seeds, parametrizations=parametrizations,
                     depths=[cfg.model.depth], jsonl_path=jsonl)
 
 
 def cmd_sweep(args) -> None:
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     runs = _sweep(cfg, args, args.widths, geometric_lrs(*args.lr_range), args.parametrizations)
     transfers = [analyse(runs, p) for p in args.parametrizations]
     print(transfer_table(transfers))
@@ -138,25 +99,37 @@ def cmd_sweep(args) -> None:
         print(f"results: {results}; plot: {plot_sweep(runs, args.out / 'sweep.png', transfers=transfers)}")
 
 
+def cmd_tune(args) -> None:
+    """An Optuna study on the config's proxy; its best.yaml is an overlay for train, sweep and transfer."""
+    tune(args.config, args.space, trials=args.trials, storage=args.storage, workers=args.workers, study=args.study,
+         out=_out_dir(_tune_out(args)), pruner=args.pruner, seed=args.seed, overrides=args.set,
+         overlays=args.overlay, eval_every=args.eval_every)
+
+
 def cmd_transfer(args) -> None:
-    """Tune the LR at the config's base width, then train at its target width with it."""
-    cfg = load_config(args.config, args.set)
-    base = cfg.mup.base_width or cfg.model.width
-    tuned = analyse(_sweep(cfg, args, [base], geometric_lrs(*args.lr_range), [cfg.mup.parametrization]),
-                    cfg.mup.parametrization).optima[base]
-    if math.isnan(tuned.log2_lr):
-        raise ValueError(f"every run at the base width {base} diverged: no LR to transfer; lower --lr-range")
+    """Tune the LR at the config's base width, then train at its target width (and horizon) with it; an overlay that
+    sets the LR (tune's best.yaml) is used as it is."""
+    cfg = _config(args)
+    if any("lr" in (read_yaml(path).get("optimizer") or {}) for path in args.overlay):
+        lr, source = cfg.optimizer.lr, f"optimizer.lr={cfg.optimizer.lr:.4g} from the overlay, not tuned again"
+    else:
+        base = cfg.mup.base_width or cfg.model.width
+        tuned = analyse(_sweep(cfg, args, [base], geometric_lrs(*args.lr_range), [cfg.mup.parametrization]),
+                        cfg.mup.parametrization).optima[base]
+        if math.isnan(tuned.log2_lr):
+            raise ValueError(f"every run at the base width {base} diverged: no LR to transfer; lower --lr-range")
+        lr, source = tuned.lr, f"best LR at base width {base}: {tuned.describe()}"
     target_cfg, horizon = horizon_config(cfg, steps=args.steps, batch_size=args.batch_size, mode=args.wd_horizon)
     same = target_cfg == cfg  # another horizon's target runs are not logged (the log's keys have no steps or wd)
     target = _sweep(target_cfg, args if same else argparse.Namespace(**{**vars(args), "out": None}),
-                    [cfg.model.width], [tuned.lr], [cfg.mup.parametrization])
+                    [cfg.model.width], [lr], [cfg.mup.parametrization])
     losses = ", ".join(f"{r.val_loss:.4f}" for r in target)
-    print(f"best LR at base width {base}: {tuned.describe()}; at width {cfg.model.width} with it ({horizon}): "
-          f"validation loss {losses} (seeds {', '.join(map(str, args.seeds))})")
+    print(f"{source}; at width {cfg.model.width} with it ({horizon}): validation loss {losses} "
+          f"(seeds {', '.join(map(str, args.seeds))})")
 
 
 def cmd_coord_check(args) -> None:
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     if args.out:
         _out_dir(args.out)
     task = task_from(cfg)
@@ -174,7 +147,7 @@ def cmd_export(args) -> None:
     from .checkpoint import load_checkpoint
     from .export import export_standard
 
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     _out_dir(args.out.parent)
     model = build_factory(cfg)(width=cfg.model.width, depth=cfg.model.depth)
     load_checkpoint(args.checkpoint, model)
@@ -195,6 +168,9 @@ def _kept(args) -> str:
         says, path = "the last complete checkpoint is kept at", _train_out(args) / "checkpoint.pt"
     elif args.command in ("sweep", "transfer") and args.out:
         says, path = "the log line of every finished run is kept in", args.out / "sweep.jsonl"
+    elif args.command == "tune":
+        return (f"the finished trials are kept in {storage_spec(args.storage, _tune_out(args), args.workers)}; "
+                "run it again to top up to --trials")
     elif args.command == "export":
         says, path = "the previous export is kept at", args.out
     else:
@@ -212,7 +188,7 @@ def _user_error(exc: BaseException, args) -> str | None:
     elif isinstance(exc, OSError) and exc.filename is not None:  # a missing, unreadable or unwritable path
         where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
         text = f"{where}: {exc.strerror}"
-    elif isinstance(exc, (ValueError, OSError, DataUnavailable, yaml.YAMLError)):  # the library's own checks
+    elif isinstance(exc, (ValueError, OSError, DataUnavailable, yaml.YAMLError, OptunaMissing)):  # the library's checks
         text = str(exc)
     elif isinstance(exc, (LookupError, TypeError)):
         text = f"{type(exc).__name__}: {exc} (--debug shows where)"
@@ -232,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)  # after it too
         if config:
             p.add_argument("config", help="YAML config (see configs/)")
+            p.add_argument("--overlay", action="append", default=[], type=Path, metavar="FILE",
+                           help="YAML merged over the config before --set, e.g. tune's best.yaml (repeatable)")
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                            help="dotted override, e.g. --set model.width=1024 (repeatable)")
         p.set_defaults(fn=fn)
@@ -252,6 +230,20 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"])
         p.add_argument("--out", type=Path, default=None)
     add_horizon_options(p)  # the transfer command's: the target's steps and batch size, the weight-decay rule
+    p = command("tune", cmd_tune, "Optuna search of --space on the config's proxy (its base width and depth); "
+                "best.yaml, trials.csv and plots in --out")
+    p.add_argument("--space", type=Path, required=True, help="YAML: dotted key -> {low, high, log} | "
+                   "{low, high, int: true} | {choices: [...]} (see configs/spaces/)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a rerun tops up)")
+    p.add_argument("--storage", default=None, help="an Optuna URL (sqlite:///..., postgresql://...) or a journal "
+                   "file (journal:PATH or PATH.log); default: study.db (study.log with --workers > 1) in --out")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes on the one study")
+    p.add_argument("--study", default=None, help="study name (default: the config's file stem)")
+    p.add_argument("--pruner", choices=("median", "halving", "none"), default="median")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between the validation losses the pruner "
+                   "sees (default: a tenth of train.steps)")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/tune/<config stem>")
     p = command("coord-check", cmd_coord_check, "activation RMS vs width after a few steps; exit 1 on failure")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, default=3)

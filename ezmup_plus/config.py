@@ -129,12 +129,27 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULERS = ("constant", "cosine", "linear", "warmup_cosine")
 
 
-def load_config(path_or_dict: str | Path | Mapping, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML file (following ``extends:``) or a mapping, apply ``key.path=value`` overrides, type-check."""
-    data = _read(Path(path_or_dict), ()) if isinstance(path_or_dict, (str, Path)) else dict(path_or_dict)
+def load_config(path_or_dict: str | Path | Mapping, overrides: Sequence[str] = (),
+                overlays: Sequence[str | Path] = ()) -> Config:
+    """Read a YAML file (following ``extends:``) or a mapping, merge overlay files over it (such as the best.yaml
+    of ``tune``), apply ``key.path=value`` overrides, type-check."""
+    return _typed(Config, config_data(path_or_dict, overrides, overlays), "")
+
+
+def config_data(path_or_dict: str | Path | Mapping, overrides: Sequence[str] = (),
+                overlays: Sequence[str | Path] = ()) -> dict:
+    """The plain mapping ``load_config`` type-checks (a tuning trial sets its values in a copy of it)."""
+    data = read_yaml(path_or_dict) if isinstance(path_or_dict, (str, Path)) else dict(path_or_dict)
+    for overlay in overlays:
+        data = _merge(data, read_yaml(overlay))
     for item in overrides:
         _apply_override(data, item)
-    return _typed(Config, data, "")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping, safe-loaded, following ``extends:``: a config, an overlay or a tuning space."""
+    return _read(Path(path), ())
 
 
 def _read(path: Path, seen: tuple[Path, ...]) -> dict:
@@ -178,16 +193,23 @@ def _apply_override(data: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. model.width=1024)")
-    *parents, last = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    set_key(data, key.strip(), value, f"override {item!r}")
+
+
+def set_key(data: dict, key: str, value: Any, what: str | None = None) -> None:
+    """Set the dotted ``key`` (``optimizer.lr``) in a config mapping, making missing sections: what ``--set`` and a
+    tuning trial apply, so both meet the same checks."""
+    *parents, last = key.split(".")
     node = data
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
-    try:
-        node[last] = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            raise ConfigError(f"{what or repr(key)}: {part} is not a section")
+    node[last] = value
 
 
 def _typed(cls: type, data: Any, where: str) -> Any:

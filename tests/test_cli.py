@@ -28,7 +28,7 @@ def config(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("inspect", "train", "sweep", "transfer", "coord-check", "export", "demo"):
+    for command in ("inspect", "train", "sweep", "tune", "transfer", "coord-check", "export", "demo"):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0

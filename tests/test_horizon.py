@@ -2,7 +2,7 @@
 
 import pytest
 
-from ezmup_plus import cli
+from ezmup_plus import cli, trial
 from ezmup_plus.horizon import DEFAULT_MODE, MODES, horizon_steps, horizon_weight_decay
 
 TINY = """
@@ -59,9 +59,9 @@ def _transfer(tmp_path, monkeypatch, capsys, options, hparams="", optimizer=", w
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY % (hparams, optimizer))
     built, steps = [], []
-    build, train = cli.build_optimizer, cli.train
-    monkeypatch.setattr(cli, "build_optimizer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
-    monkeypatch.setattr(cli, "train", lambda *a, **k: steps.append(a[4]) or train(*a, **k))
+    build, train = trial.build_optimizer, trial.train  # every run of transfer is a trial.run_trial
+    monkeypatch.setattr(trial, "build_optimizer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    monkeypatch.setattr(trial, "train", lambda *a, **k: steps.append(a[4]) or train(*a, **k))
     cli.main(["transfer", str(path), "--lr-range", "0.004", "0.008", "--seeds", "0", *options])
     return built, steps, capsys.readouterr().out
 

@@ -47,8 +47,14 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     steps: int,
     val: Batch,
+    on_eval: Callable[[int, float], None] | None = None,
+    eval_every: int = 0,
 ) -> RunResult:
-    """Train for ``steps`` and stop early once the loss is non-finite (that run has diverged)."""
+    """Train for ``steps`` and stop early once the loss is non-finite (that run has diverged).
+
+    ``on_eval(step, val_loss)``, every ``eval_every`` steps before the last, lets a tuner prune a bad run early:
+    whatever it raises ends the run and propagates.
+    """
     def evaluate() -> float:
         model.eval()
         with torch.no_grad():
@@ -58,7 +64,7 @@ def train(
 
     initial = evaluate()
     losses = []
-    for _, (x, y) in zip(range(steps), batches):
+    for step, (x, y) in zip(range(1, steps + 1), batches):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -66,4 +72,6 @@ def train(
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             break
+        if on_eval is not None and step % eval_every == 0 and step < steps:
+            on_eval(step, evaluate())
     return RunResult(initial, tuple(losses), evaluate())
