@@ -325,6 +325,17 @@ def test_numbers_that_change_with_the_width_are_reported_under_warn():
         ezp.wrap(TinyTransformer, base_width=16, width_multiple=2).plan(width=64)
 
 
+def test_width_constants_is_read_from_yaml(tmp_path):
+    """``mup.width_constants`` in a config reaches the plan: correct holds the number (a plan constant), error refuses."""
+    from ezmup_plus.config import build_factory, load_config
+
+    config = tmp_path / "scaled.yaml"
+    config.write_text(f"model: {{factory: '{__name__}:ScaledEmbedding', width: 64}}\nmup: {{base_width: 32}}\n")
+    assert build_factory(load_config(config)).plan(width=64).constants  # the default, correct
+    with pytest.raises(ValueError, match=r"(?s)width_constants='error'.*multiplies a tensor by 6.856"):
+        build_factory(load_config(config, ["mup.width_constants=error"])).plan(width=64)
+
+
 class HeldScale(ScaledEmbedding):
     """ScaledEmbedding with its number written at the base width 32: the hand-written reference."""
 
