@@ -20,16 +20,10 @@ from ezmup_plus import build
 from ezmup_plus.cli import main
 from ezmup_plus.config import config_data, load_config
 from ezmup_plus.models.mlp import MLP
+from test_cli import TINY  # the tiny synthetic config the CLI tests use
 
 tune_module = importlib.import_module("ezmup_plus.tune")  # ezmup_plus.tune is the function
 
-TINY = """
-model: {factory: "ezmup_plus.models.mlp:MLP", width: 64, kwargs: {in_features: 8, out_features: 1}}
-mup: {base_width: 16}
-optimizer: {name: adam, lr: 0.01}
-train: {steps: 20, batch_size: 16}
-data: {name: synthetic}
-"""
 SPACE = """
 optimizer.lr: {low: 1.0e-3, high: 0.1, log: true}
 mup.hparams.output: {low: 0.25, high: 4.0, log: true}
