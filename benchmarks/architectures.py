@@ -7,6 +7,7 @@ attention logits were rescaled (the `scaling` attribute, folded into the query p
 query rows, or the rows of an in_proj_weight), which width-dependent numbers were held at base, which
 warnings were raised, or the error that stopped it.
     python benchmarks/architectures.py [NAME ...]      (writes docs/results/architectures.json and the README table)
+    python benchmarks/architectures.py --readout-terms NAME ...   (what a readout's change is made of, per width)
 """
 
 from __future__ import annotations
@@ -159,6 +160,42 @@ def coordinate_check(factory, kind: str, blocks: str, readout: str | None, width
             **({"readout": spreads[readout]} if readout in spreads else {})}
 
 
+def readout_terms(name: str, widths=(32, 64, 128, 256, 512)) -> list[dict]:
+    """Why a readout's change moves with the width: after the coordinate check's 3 Adam steps (seed 0, muP), the
+    logits' change split into dW.x0 (the readout's own update, which muP keeps at order 1), W0.dx (its initial
+    weight times its input's change, which muP lets vanish as w^-1/2) and dW.dx; RMS of each per width."""
+    _, _, _, kind, options = ARCHITECTURES[name]
+    options = {"width_multiple": 8, **options}
+    if kind != "tokens":
+        options["example_inputs"] = lambda: inputs(kind)
+    f = ezp.wrap(survey_factory(name), base_width=32, base_depth=2, **options)
+    ids = torch.randint(2, V, (8, 17), generator=torch.Generator().manual_seed(0))
+    (args, target) = ((ids, None, ids), ids) if kind == "seq2seq" else ((ids[:, :-1],), ids[:, 1:])
+    rms = lambda t: round(float(t.square().mean().sqrt()), 4)  # noqa: E731
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        model = f(width=width)
+        head, seen = model.get_output_embeddings(), {}
+        hook = head.register_forward_hook(lambda m, a, out: seen.update(x=a[0].detach(), y=out.detach()))
+        opt = ezp.get_mup_optimizer(model, lr=1e-2, optimizer="adam")
+        model(*args)
+        x0, y0, w0 = seen["x"], seen["y"], head.weight.detach().clone()
+        plain = torch.nn.functional.linear(x0, w0)
+        scale = (y0 * plain).sum() / plain.square().sum()  # the multiplier on the logits (a tied readout's 1/m_w)
+        for _ in range(3):
+            opt.zero_grad()
+            lm_loss(model(*args).logits, target).backward()
+            opt.step()
+        model(*args)
+        hook.remove()
+        dx, dw = seen["x"] - x0, head.weight.detach() - w0
+        linear = torch.nn.functional.linear
+        rows.append({"width": width, "change": rms(seen["y"] - y0), "dW.x0": rms(scale * linear(x0, dw)),
+                     "W0.dx": rms(scale * linear(dx, w0)), "dW.dx": rms(scale * linear(dx, dw))})
+    return rows
+
+
 def survey(name: str, check: bool = True) -> dict:
     _, _, _, kind, options = ARCHITECTURES[name]
     factory = survey_factory(name)
@@ -197,10 +234,12 @@ def survey(name: str, check: bool = True) -> dict:
 
 
 WAYS_OUT = {  # architecture -> what stops a full pass, and the way out (for the README table)
-    "Mamba": "readout change 1.50 over 4x, at the 1.5 line (shrinking, untied too); blocks flat (1.05). Open",
+    "Mamba": "readout change 1.50 over 4x, at the 1.5 line, flattening (x0.88, 0.94 per doubling from 128 to 512): "
+             "led by W0*dx, the term muP lets vanish as w^-1/2; blocks flat (1.05). Open",
     "Mamba-2": "readout change shrinks with width (x0.77, 0.79, 0.87, 0.90 per doubling from 32 to 512, zero-init "
                "readout too): flattening, not yet flat at 4x base; blocks flat. Open",
-    "T5": "tied readout's change shrinks (1.86 over 4x; untied 1.79): open; blocks flat, SP fails",
+    "T5": "readout change shrinks (1.86 over 4x; 1.24 to 0.35 from 32 to 512): W0*dx dominates (the tied embedding's "
+          "init std 1.0), the term muP lets vanish as w^-1/2, 30x dW*x0; blocks flat. Open",
 }
 
 
@@ -226,6 +265,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
+    if sys.argv[1:2] == ["--readout-terms"]:  # python benchmarks/architectures.py --readout-terms T5 Mamba
+        for name in sys.argv[2:]:
+            for row in readout_terms(name):
+                print(name, "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+        return
     names = sys.argv[1:] or list(ARCHITECTURES)
     rows = []
     for name in names:
