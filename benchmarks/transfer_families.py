@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from common import parse_preset, run_transfer
 
 import ezmup_plus as ezp
-from ezmup_plus.demo import digits
+from ezmup_plus.data import digits
 from ezmup_plus.diagnostics import geometric_lrs, random_batches, train
 from ezmup_plus.models.mlp import MLP
 

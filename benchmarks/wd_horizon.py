@@ -28,7 +28,7 @@ from common import parse_preset
 
 import ezmup_plus as ezp
 from ezmup_plus.atomic import atomic_write
-from ezmup_plus.demo import digits
+from ezmup_plus.data import digits
 from ezmup_plus.diagnostics import random_batches, train
 from ezmup_plus.diagnostics.figures import pyplot, save
 from ezmup_plus.diagnostics.optimum import LEVEL, RESAMPLES, Curve, bootstrap_optima, interval, quantile

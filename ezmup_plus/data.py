@@ -101,6 +101,21 @@ def _download(d: Dataset, copies: str | None) -> Path:
                               "or give its path as data.path") from None
 
 
+def digits(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """sklearn's bundled digits (1,797 images, no download: the demo's data), standardised, 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    x, y = x[order], y[order]
+    cut = int(0.8 * len(x))
+    mean, std = x[:cut].mean(0), x[:cut].std(0).clamp_min(1e-3)
+    x = (x - mean) / std
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
 CALIFORNIA_FEATURES = ("MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude")
 
 

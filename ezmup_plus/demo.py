@@ -15,23 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import ezmup_plus as ezp
+from ezmup_plus.data import digits
 from ezmup_plus.diagnostics import analyse, geometric_lrs, lr_sweep, plot_sweep, random_batches, train, transfer_table
 from ezmup_plus.models.mlp import MLP
-
-
-def digits(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """sklearn's bundled digits (1,797 images, no download), standardised, 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    x, y = x[order], y[order]
-    cut = int(0.8 * len(x))
-    mean, std = x[:cut].mean(0), x[:cut].std(0).clamp_min(1e-3)
-    x = (x - mean) / std
-    return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
 def main(argv: list[str] | None = None) -> dict:

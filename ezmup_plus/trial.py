@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 
 from .config import Config, ConfigError, build_optimizer
-from .data import lm_batches, lm_loss, load_california_housing, load_cifar10, load_shakespeare_chars
+from .data import digits, lm_batches, lm_loss, load_california_housing, load_cifar10, load_shakespeare_chars
 from .diagnostics import RunResult, random_batches, train
 
 
@@ -34,8 +34,6 @@ def task_from(cfg: Config) -> Task:
         if d.name == "california_housing":
             x, y, xv, yv = load_california_housing(d.path)
         elif d.name == "digits":
-            from .demo import digits
-
             x, y, xv, yv = digits()
         else:
             x, y, xv, yv = _synthetic(cfg.model.kwargs.get("in_features", 8), cfg.model.kwargs.get("out_features", 1))
