@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
 
 from .roles import CONV_TYPES, EMBEDDING_TYPES, LINEAR_TYPES
 from .trace import ShapeTable
