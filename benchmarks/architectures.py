@@ -123,6 +123,23 @@ def survey_factory(name: str):
     return factory
 
 
+def wrap_options(name: str) -> dict:
+    """The survey's ``wrap`` options of one architecture (base width 32, base depth 2 aside): its own, width multiple
+    8 unless it says otherwise, and example inputs where its forward does not take token ids alone."""
+    _, _, _, kind, options = ARCHITECTURES[name]
+    options = {"width_multiple": 8, **options}
+    if kind != "tokens":
+        options["example_inputs"] = lambda: inputs(kind)
+    return options
+
+
+def training_batch(kind: str) -> tuple:
+    """(forward inputs, targets) the coordinate checks train on: the next token of a fixed batch for language
+    models, no targets for the others."""
+    ids = torch.randint(2, V, (8, 17), generator=torch.Generator().manual_seed(0))
+    return {"tokens": ((ids[:, :-1],), ids[:, 1:]), "seq2seq": ((ids, None, ids), ids)}.get(kind, (inputs(kind), None))
+
+
 def output_of(out):
     """The logits of a language model, else the last hidden state."""
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
@@ -144,8 +161,7 @@ def coordinate_check(factory, kind: str, blocks: str, readout: str | None, width
     sandwich norms (Gemma-2) and post-norm blocks (BERT-like) keep the block outputs flat under SP too.
     Language models learn the next token of a fixed batch; the others pull their first hidden state's sum
     towards zero, as the BERT test does. Returns the verdict and the worst spread, for the table."""
-    ids = torch.randint(2, V, (8, 17), generator=torch.Generator().manual_seed(0))
-    data = {"tokens": ((ids[:, :-1],), ids[:, 1:]), "seq2seq": ((ids, None, ids), ids)}.get(kind, (inputs(kind), None))
+    data = training_batch(kind)
 
     def loss(out, y):
         if y is not None and getattr(out, "logits", None) is not None:
@@ -164,13 +180,8 @@ def readout_terms(name: str, widths=(32, 64, 128, 256, 512)) -> list[dict]:
     """Why a readout's change moves with the width: after the coordinate check's 3 Adam steps (seed 0, muP), the
     logits' change split into dW.x0 (the readout's own update, which muP keeps at order 1), W0.dx (its initial
     weight times its input's change, which muP lets vanish as w^-1/2) and dW.dx; RMS of each per width."""
-    _, _, _, kind, options = ARCHITECTURES[name]
-    options = {"width_multiple": 8, **options}
-    if kind != "tokens":
-        options["example_inputs"] = lambda: inputs(kind)
-    f = ezp.wrap(survey_factory(name), base_width=32, base_depth=2, **options)
-    ids = torch.randint(2, V, (8, 17), generator=torch.Generator().manual_seed(0))
-    (args, target) = ((ids, None, ids), ids) if kind == "seq2seq" else ((ids[:, :-1],), ids[:, 1:])
+    f = ezp.wrap(survey_factory(name), base_width=32, base_depth=2, **wrap_options(name))
+    args, target = training_batch(ARCHITECTURES[name][3])  # a language model's: readout_terms needs its logits
     rms = lambda t: round(float(t.square().mean().sqrt()), 4)  # noqa: E731
     rows = []
     for width in widths:
@@ -181,7 +192,8 @@ def readout_terms(name: str, widths=(32, 64, 128, 256, 512)) -> list[dict]:
         opt = ezp.get_mup_optimizer(model, lr=1e-2, optimizer="adam")
         model(*args)
         x0, y0, w0 = seen["x"], seen["y"], head.weight.detach().clone()
-        plain = torch.nn.functional.linear(x0, w0)
+        linear = torch.nn.functional.linear
+        plain = linear(x0, w0)
         scale = (y0 * plain).sum() / plain.square().sum()  # the multiplier on the logits (a tied readout's 1/m_w)
         for _ in range(3):
             opt.zero_grad()
@@ -190,18 +202,13 @@ def readout_terms(name: str, widths=(32, 64, 128, 256, 512)) -> list[dict]:
         model(*args)
         hook.remove()
         dx, dw = seen["x"] - x0, head.weight.detach() - w0
-        linear = torch.nn.functional.linear
         rows.append({"width": width, "change": rms(seen["y"] - y0), "dW.x0": rms(scale * linear(x0, dw)),
                      "W0.dx": rms(scale * linear(dx, w0)), "dW.dx": rms(scale * linear(dx, dw))})
     return rows
 
 
 def survey(name: str, check: bool = True) -> dict:
-    _, _, _, kind, options = ARCHITECTURES[name]
-    factory = survey_factory(name)
-    options = {"width_multiple": 8, **options}
-    if kind != "tokens":
-        options["example_inputs"] = lambda: inputs(kind)
+    kind, options, factory = ARCHITECTURES[name][3], wrap_options(name), survey_factory(name)
     row = {"architecture": name, "options": {k: v for k, v in options.items() if k != "example_inputs"}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -39,6 +39,7 @@ import ezmup_plus as ezp
 from ezmup_plus.atomic import atomic_write
 from ezmup_plus.config import build_factory, load_config, read_yaml
 from ezmup_plus.trial import run_trial, task_from
+from ezmup_plus.tune import state_counts
 
 TASKS = {
     "gpt": dict(title="char GPT, Tiny Shakespeare", mup="configs/gpt_shakespeare.yaml",
@@ -116,10 +117,7 @@ def tuned_arm(setup: Setup, arm: str, out: Path, seed: int) -> dict:
     proxy_params, target_params = setup.params(factory, setup.proxy_width), setup.params(factory, setup.target_width)
     trial_steps = [t["last_step"] if t["state"] == "PRUNED" else setup.steps for t in result.trials
                    if t["state"] in ("COMPLETE", "PRUNED")]  # a diverged trial is counted in full (an upper bound)
-    states = {}
-    for t in result.trials:
-        state = "diverged" if t["diverged"] else t["state"].lower()
-        states[state] = states.get(state, 0) + 1
+    states = state_counts(result.trials)
     runs = target_runs(setup, cfg, setup.preset["seeds"])
     return dict(
         arm=arm, config=str(setup.spec[which]), tuned_at=f"proxy width {setup.proxy_width}", knobs=sorted(space),
@@ -233,7 +231,7 @@ def table(task: str, setup: Setup, arms: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from ezmup_plus.diagnostics.figures import pyplot
+    from ezmup_plus.diagnostics.figures import pyplot, save
 
     plt = pyplot()
     tasks = list(report["tasks"])
@@ -251,9 +249,7 @@ def plot(report: dict, path: Path) -> None:
                ylabel=f"target (width {t['target_width']}) val loss",
                title=f"{TASKS[task]['title']}: tuned at {t['proxy_width']}, trained at {t['target_width']}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:
@@ -271,10 +267,10 @@ def main() -> None:
     if "direct" in args.arms and "mup" not in args.arms:
         parser.error("the direct arm's budget is the mup arm's search time: give --arms with mup too")
     work = args.work / args.preset
-    # direct waits for mup's search time (one chain); the other arms go alone; the GPT's (the long ones) first
+    # direct waits for mup's search time (one chain); the other arms go alone; in task order (the GPT's, long, first)
     jobs = [(task, [a for a in ("mup", "direct") if a in args.arms]) for task in args.tasks]
     jobs += [(task, [a]) for task in args.tasks for a in ("sp", "mup_lr") if a in args.arms]
-    jobs.sort(key=lambda j: args.tasks.index(j[0]))  # the GPT's arms first (the long ones)
+    jobs.sort(key=lambda j: args.tasks.index(j[0]))
     start = time.perf_counter()
     results: dict[str, dict] = {task: {} for task in args.tasks}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

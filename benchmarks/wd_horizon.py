@@ -69,7 +69,7 @@ def key(steps: int, batch: int, wd: float, seed: int) -> tuple:
     return (steps, batch, float(f"{wd:.12g}"), seed)
 
 
-def read_jsonl(path: Path, batch: int) -> dict[tuple, dict]:
+def read_jsonl(path: Path) -> dict[tuple, dict]:
     """The finished runs of an earlier invocation (an unfinished last line is dropped and redone)."""
     if not path.exists():
         return {}
@@ -79,7 +79,6 @@ def read_jsonl(path: Path, batch: int) -> dict[tuple, dict]:
             r = json.loads(line)
         except ValueError:
             continue
-        r.setdefault("batch", batch)  # the first runs were logged before the batch-size arm
         done[key(r["steps"], r["batch"], r["weight_decay"], r["seed"])] = r
     with atomic_write(path) as fh:  # the good lines only, so the next record starts on a fresh line
         fh.writelines(json.dumps(r) + "\n" for r in done.values())
@@ -107,7 +106,7 @@ def main() -> None:
     jsonl = args.out / f"{name}.jsonl"
     if args.fresh and jsonl.exists():
         jsonl.unlink()
-    done = read_jsonl(jsonl, cfg["batch"])
+    done = read_jsonl(jsonl)
     x, y, xv, yv = digits()
     factory = ezp.wrap(MLP, base_width=32, in_features=64, out_features=10)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from .atomic import atomic_write
 from .config import Config, ConfigError, build_factory, build_optimizer, build_scheduler, load_config, read_yaml
 from .data import DataUnavailable
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, transfer_table
-from .horizon import add_horizon_options, horizon_config
+from .horizon import DEFAULT_MODE, MODES, horizon_config
 from .trial import run_trial, task_from
 from .tune import OptunaMissing, storage_spec, tune
 
@@ -229,7 +229,14 @@ def main(argv: list[str] | None = None) -> None:
                        help="two or more give bootstrap intervals on the best LR and the drift")
         p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"])
         p.add_argument("--out", type=Path, default=None)
-    add_horizon_options(p)  # the transfer command's: the target's steps and batch size, the weight-decay rule
+        if name == "transfer":  # the target's horizon: its steps and batch size, the weight-decay rule (horizon.py)
+            p.add_argument("--steps", type=int, default=None, help="the target's optimizer steps (default: the "
+                           "config's train.steps, or the same samples at --batch-size)")
+            p.add_argument("--batch-size", type=int, default=None,
+                           help="the target's batch size (default: the config's)")
+            p.add_argument("--wd-horizon", choices=MODES, default=DEFAULT_MODE, help="weight decay for the target's "
+                           "horizon: ema keeps lr*wd*steps (Wang & Aitchison 2024), constant keeps wd (default: "
+                           f"{DEFAULT_MODE}, see the README)")
     p = command("tune", cmd_tune, "Optuna search of --space on the config's proxy (its base width and depth); "
                 "best.yaml, trials.csv and plots in --out")
     p.add_argument("--space", type=Path, required=True, help="YAML: dotted key -> {low, high, log} | "

@@ -118,17 +118,6 @@ def horizon_config(cfg, *, steps: int | None = None, batch_size: int | None = No
                     + describe(mode, wd, new_wd))
 
 
-def add_horizon_options(parser) -> None:
-    """``--steps``, ``--batch-size`` and ``--wd-horizon`` on an argparse parser (``ezmup-plus transfer``)."""
-    parser.add_argument("--steps", type=int, default=None,
-                        help="the target's optimizer steps (default: the config's train.steps, or the same samples "
-                             "at --batch-size)")
-    parser.add_argument("--batch-size", type=int, default=None, help="the target's batch size (default: the config's)")
-    parser.add_argument("--wd-horizon", choices=MODES, default=DEFAULT_MODE,
-                        help="weight decay for the target's horizon: ema keeps lr*wd*steps (Wang & Aitchison 2024), "
-                             f"constant keeps wd (default: {DEFAULT_MODE}, see the README)")
-
-
 def _positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name}={value!r} must be a positive number")

@@ -359,14 +359,20 @@ def table(rows: Sequence[Mapping], keys: Sequence[str], top: int = 10) -> str:
             value += f" @{r['last_step']}"  # the loss it was pruned at, at that step
         lines.append([str(r["number"]), state, value, *(_fmt(r["params"].get(k)) for k in keys)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    counts: dict[str, int] = {}
-    for r in rows:
-        state = "diverged" if r["diverged"] else r["state"].lower()
-        counts[state] = counts.get(state, 0) + 1
+    counts = state_counts(rows)
     tally = f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     if "running" in counts:
         tally += " (left by a stopped run; they do not count toward --trials)"
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines) + "\n" + tally
+
+
+def state_counts(rows: Sequence[Mapping]) -> dict[str, int]:
+    """How many trials ended in each state, a diverged trial counted as ``diverged`` (not ``complete``)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        state = "diverged" if r["diverged"] else r["state"].lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
 
 
 def _fmt(value: Any) -> str:

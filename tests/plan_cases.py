@@ -67,13 +67,11 @@ def cases() -> dict[str, tuple]:
             depth = options.get("base_depth")
             found[f"{module[5:]}_{name}"] = (getattr(__import__(module), name), options, (64, 128),
                                             None if depth is None else 2 * depth)
-    from architectures import ARCHITECTURES, inputs, survey_factory
+    from architectures import ARCHITECTURES, survey_factory, wrap_options
 
-    for arch, (_, _, _, kind, options) in ARCHITECTURES.items():
-        options = {"width_multiple": 8, **options}
-        if kind != "tokens":
-            options["example_inputs"] = lambda kind=kind: inputs(kind)
-        found[f"survey_{arch}"] = (survey_factory(arch), dict(base_width=32, base_depth=2, **options), (64, 128), 4)
+    for arch in ARCHITECTURES:
+        found[f"survey_{arch}"] = (survey_factory(arch), dict(base_width=32, base_depth=2, **wrap_options(arch)),
+                                   (64, 128), 4)
     return found
 
 

@@ -117,7 +117,7 @@ def test_shipped_configs_train_on_their_named_data(name, data_copies, tmp_path):
 
 
 def test_val_size_takes_the_first_held_out_examples():
-    from ezmup_plus.cli import task_from
+    from ezmup_plus.trial import task_from
 
     base = {"model": {"factory": "ezmup_plus.models.mlp:MLP", "width": 16}, "data": {"name": "digits"}}
     whole = task_from(load_config(base)).val

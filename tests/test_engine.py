@@ -17,6 +17,7 @@ import yaml
 pytest.importorskip("accelerate")
 
 from ezmup_plus import cli  # noqa: E402
+from ezmup_plus.trial import task_from  # noqa: E402
 from ezmup_plus.checkpoint import save_checkpoint  # noqa: E402
 from ezmup_plus.config import build_factory, build_optimizer, build_scheduler, load_config  # noqa: E402
 from ezmup_plus.engine import Engine  # noqa: E402
@@ -71,7 +72,7 @@ def losses(log):
 def plain_loop(text, clip=None):
     """The bare loop 'train' used to be (one batch per step, no engine), for the engine to equal."""
     cfg = load_config(yaml.safe_load(text))
-    task = cli.task_from(cfg)
+    task = task_from(cfg)
     torch.manual_seed(cfg.train.seed)
     model = factory(cfg)(width=cfg.model.width)
     opt = build_optimizer(model, cfg)
@@ -100,7 +101,7 @@ def test_two_microbatches_equal_one_batch_of_twice_the_size(tmp_path, monkeypatc
     real = torch.nn.functional.mse_loss
     monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda out, y: sizes.append(len(y)) or real(out, y))
     whole = train(write(tmp_path, CONFIG.replace("accumulation: 2", "accumulation: 1")), tmp_path / "whole")
-    assert sizes == [32] * 8 + [len(cli.task_from(load_config(yaml.safe_load(CONFIG))).val[1])]
+    assert sizes == [32] * 8 + [len(task_from(load_config(yaml.safe_load(CONFIG))).val[1])]
     sizes.clear()
     halves = train(write(tmp_path), tmp_path / "halves")
     assert sizes[:16] == [16] * 16, "each step is two microbatches of 16"
