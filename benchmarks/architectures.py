@@ -193,36 +193,17 @@ def check_setup(name: str, way_out: bool = True) -> tuple:
 
 
 def readout_terms(name: str, way_out: bool = False, doublings: int = 4) -> list[dict]:
-    """Why a readout's change moves with the width: after the coordinate check's 3 Adam steps (seed 0, muP), the
-    logits' change split into dW.x0 (the readout's own update, which muP keeps at order 1), W0.dx (its initial
-    weight times its input's change, which muP lets vanish as w^-1/2) and dW.dx; RMS of each per width, from
-    base to 2**doublings x base (the factory as configured, or with its way out)."""
-    f = check_setup(name, way_out)[0]
-    args, target = training_batch(ARCHITECTURES[name][3])  # a language model's: readout_terms needs its logits
-    rms = lambda t: round(float(t.square().mean().sqrt()), 4)  # noqa: E731
-    linear = torch.nn.functional.linear
-    rows = []
-    for width in (f.base_width * 2**k for k in range(doublings + 1)):
-        torch.manual_seed(0)
-        model = f(width=width)
-        head, seen = model.get_output_embeddings(), {}
-        hook = head.register_forward_hook(lambda m, a, out: seen.update(x=a[0].detach(), y=out.detach()))
-        opt = ezp.get_mup_optimizer(model, lr=1e-2, optimizer="adam")
-        model(*args)
-        x0, y0, w0 = seen["x"], seen["y"], head.weight.detach().clone()
-        for _ in range(3):
-            opt.zero_grad()
-            lm_loss(model(*args).logits, target).backward()
-            opt.step()
-        model(*args)
-        hook.remove()
-        x1, w1 = seen["x"], head.weight.detach()
-        plain = linear(x1, w1)  # after the steps: a zero-init readout has no multiplier to read at init
-        scale = (seen["y"] * plain).sum() / plain.square().sum()  # the multiplier on the logits (a tied 1/m_w)
-        dx, dw = x1 - x0, w1 - w0
-        rows.append({"width": width, "change": rms(seen["y"] - y0), "dW.x0": rms(scale * linear(x0, dw)),
-                     "W0.dx": rms(scale * linear(dx, w0)), "dW.dx": rms(scale * linear(dx, dw))})
-    return rows
+    """Why a readout's change moves with the width: the coordinate check's split of it (after 3 Adam steps,
+    seed 0, muP; :class:`~ezmup_plus.diagnostics.ReadoutTerms`) into dW.x0 (the readout's own update), W0.dx
+    (its initial weight times its input's change) and dW.dx, per width from base to 2**doublings x base, for
+    the factory as configured or with its way out."""
+    f, _, kind, _, readout = check_setup(name, way_out)
+    check = coord_check(f, [f.base_width * 2**k for k in range(doublings + 1)], training_batch(kind),
+                        loss_fn=lambda out, y: lm_loss(out.logits, y), steps=3, lr=1e-2,
+                        modules=lambda n, m: n == readout)
+    change = {r.width: r.delta_rms for r in check.rows if r.step == max(check.steps)}
+    return [{"width": t.width, "change": round(change[t.width], 4), "dW.x0": round(t.dw_x0, 4),
+             "W0.dx": round(t.w0_dx, 4), "dW.dx": round(t.dw_dx, 4)} for t in check.readout]
 
 
 def survey(name: str, check: bool = True) -> dict:
@@ -263,8 +244,9 @@ def survey(name: str, check: bool = True) -> dict:
 # architecture -> (the wrap options it passes with, why it fails as configured): for the table and the tests
 WAYS_OUT = {
     "T5": (dict(hparams={"init_input": 0.02}),
-           "its readout starts large: the tied embedding is drawn with std 1.0, so W0*dx (which muP lets vanish as "
-           "w^-1/2) is 23-50x dW*x0 at widths 32-512 (--readout-terms); a tied readout starts small only through "
+           "its readout starts large: the tied embedding is drawn with std 1.0, so W0*dx (its initial weight times "
+           "its input's change) is 23-51x dW*x0 from width 32 to 512, and shrinks (--readout-terms); a tied readout "
+           "starts small only through "
            "its embedding (TP5: a zero or small readout), here at GPT-2's std 0.02, and passes only with T5's "
            "d**-0.5 held at base"),
     "Mamba": (dict(hparams={"init_input": 0.2}),

@@ -482,13 +482,14 @@ def expand_names(table: ShapeTable, depth: int | None) -> list[tuple[str, str]]:
 
 def _target_std(base_std: float | None, s: rules.Scaling, kind: str) -> tuple[float | None, float, str]:
     """(target std, target / base, how it is reached): init is relative to the factory's own base init, so
-    constants (zeros, ones) and structured inits (identity) are kept as built."""
+    constants (zeros, ones) and structured inits (identity) are kept as built. The spectral init's absolute
+    std is a random matrix's: a tensor whose law was not read as random (Mamba's ``A_log = log(1..N)``) keeps
+    its own values and moves with the width only."""
     if base_std is None:
         return None, 1.0, "keep"
-    how = "law" if kind in RANDOM else "relative"
-    if s.init_std is not None:
-        return s.init_std, s.init_std / base_std, how
-    return base_std * s.init, s.init, how
+    if s.init_std is not None and kind in RANDOM:
+        return s.init_std, s.init_std / base_std, "law"
+    return base_std * s.init, s.init, "law" if kind in RANDOM else "relative"
 
 
 def _init_cell(t: TensorPlan) -> str:

@@ -74,7 +74,7 @@ def test_watching_a_module_called_twice_leaves_the_forward_as_it_is():
 
     torch.manual_seed(0)
     model, x = Twice(), torch.randn(4, 8)
-    seen = _outputs(model, list(model.named_children()), x)
+    seen, _ = _outputs(model, list(model.named_children()), x)
     with torch.no_grad():
         assert torch.equal(seen["lin"], model.lin(x))
         assert torch.equal(seen["head"], model(x))
@@ -112,3 +112,40 @@ def test_watching_a_block_leaves_its_output_alone(batch):
     rms = float(plain.blocks[0](plain.inp(batch[0]))[0].pow(2).mean().sqrt())
     assert [r.rms for r in check.rows if r.module == "blocks.0" and r.width == 16 and r.step == 0] == [
         pytest.approx(rms)]
+
+
+class LargeReadout(nn.Module):
+    """A readout drawn with std 1 (logits of RMS ~sqrt(width) at base)."""
+
+    def __init__(self, width, readout_std=1.0):
+        super().__init__()
+        self.hidden, self.readout = nn.Linear(8, width), nn.Linear(width, 1)
+        nn.init.normal_(self.readout.weight, std=readout_std)
+
+    def forward(self, x):
+        return self.readout(torch.relu(self.hidden(x)))
+
+
+def test_the_readout_change_is_split_per_width(batch):
+    """The readout's change is split into dW.x0, W0.dx and dW.dx per width: a readout drawn large is led by
+    W0.dx, a zero readout has none (test_survey: a failing check led by W0.dx says why and what to do)."""
+    large = coord_check(ezp.wrap(LargeReadout, base_width=64), WIDTHS, batch, seeds=2)
+    assert [(t.module, t.width) for t in large.readout] == [("readout", w) for w in WIDTHS]
+    assert all(t.w0_dx > 3 * t.dw_x0 for t in large.readout), large.readout
+    zero = coord_check(ezp.wrap(LargeReadout, base_width=64, zero_init=["readout"]), WIDTHS, batch, seeds=2)
+    assert all(t.w0_dx == 0.0 < t.dw_x0 for t in zero.readout), zero.readout
+    assert "led by W0.dx" not in str(zero)
+
+
+def test_the_split_reads_the_readout_multiplier_from_its_output():
+    """By hand: a Linear whose output is c * x W^T + b, with c = 1/4 (a readout's 1/m_w in the forward)."""
+    from ezmup_plus.diagnostics.coord import _split
+
+    g = torch.Generator().manual_seed(0)
+    readout = nn.Linear(6, 3)
+    x0, x1, w0 = (torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g), torch.randn(3, 6, generator=g))
+    y1 = 0.25 * x1 @ readout.weight.detach().T + readout.bias.detach()
+    dw, dx = readout.weight.detach() - w0, x1 - x0
+    rms = lambda t: float(t.square().mean().sqrt())  # noqa: E731
+    assert _split(readout, x0, x1, w0, y1) == pytest.approx(
+        (rms(0.25 * x0 @ dw.T), rms(0.25 * dx @ w0.T), rms(0.25 * dx @ dw.T)), rel=1e-5)

@@ -12,7 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ezmup_plus as ezp  # noqa: E402
-from architectures import WAYS_OUT, check_setup, coordinate_check, survey_factory, wrap_options  # noqa: E402
+from architectures import WAYS_OUT, check_setup, coordinate_check, survey_factory, training_batch, wrap_options  # noqa: E402
+from ezmup_plus.data import lm_loss  # noqa: E402
 
 CHECKED = ("Gemma", "Gemma-2", "Falcon", "Bloom", "Qwen2-MoE", "Qwen3-MoE", "OLMoE", "DeepSeek-V3", "T5", "Mamba",
            "Mamba-2")
@@ -28,7 +29,8 @@ def test_mup_passes_and_sp_fails_from_base_to_4x(name):
 
 def test_t5_needs_its_width_constant_held_and_a_small_readout():
     """As configured, T5's readout starts large (its tied embedding at std 1.0) and its change shrinks with the
-    width; the small readout of the way out passes only with T5's d**-0.5 held at base."""
+    width, and the coordinate check says so; the small readout of the way out passes only with T5's d**-0.5
+    held at base."""
     f, _, kind, blocks, readout = check_setup("T5", way_out=False)
     as_configured = coordinate_check(f, kind, blocks, readout, seeds=1)
     unheld = ezp.wrap(survey_factory("T5"), base_width=32, base_depth=2, width_constants="warn",
@@ -37,6 +39,9 @@ def test_t5_needs_its_width_constant_held_and_a_small_readout():
         not_held = coordinate_check(unheld, kind, blocks, readout, seeds=1)
     for check in (as_configured, not_held):
         assert not check["pass"] and check["worst"] == readout == "lm_head", check
+    told = ezp.coord_check(f, [32, 128], training_batch(kind), loss_fn=lambda out, y: lm_loss(out.logits, y),
+                           modules=lambda name, m: name == readout)
+    assert "lm_head: its change is led by W0.dx" in str(told) and "init_input" in str(told), str(told)
 
 
 def test_what_mup_prescribes_for_mamba_state_space_tensors():
@@ -44,7 +49,7 @@ def test_what_mup_prescribes_for_mamba_state_space_tensors():
     (its state dim is contracted in the scan: fan-in 16, input-like), the skip ``D`` and the depthwise conv
     (fan-in 4) keep their init and LR, as vector-like tensors do; ``dt_proj`` grows on both sides (fan-in
     w/16: hidden); the structured inits (``A_log`` = log 1..16 per channel, ``dt_proj.bias`` = softplus^-1 of
-    a dt in [dt_min, dt_max]) are the factory's own at every width."""
+    a dt in [dt_min, dt_max]) are the factory's own at every width, under the spectral init too."""
     f = ezp.wrap(survey_factory("Mamba"), base_width=32, base_depth=2, **wrap_options("Mamba"))
     plan = f.plan(width=128)
     mixer = "backbone.layers.0.mixer."
@@ -64,7 +69,11 @@ def test_what_mup_prescribes_for_mamba_state_space_tensors():
     torch.manual_seed(0)
     model = f(width=128)
     layer = model.backbone.layers[0].mixer
-    assert torch.equal(layer.A_log, torch.log(torch.arange(1, 17.0)).expand(256, 16))
+    log_a = torch.log(torch.arange(1, 17.0)).expand(256, 16)
+    assert torch.equal(layer.A_log, log_a)
+    spectral = ezp.wrap(survey_factory("Mamba"), base_width=32, base_depth=2, parametrization="spectral",
+                        **wrap_options("Mamba"))  # its absolute std is a random matrix's: A_log keeps its values
+    assert torch.equal(spectral(width=128).backbone.layers[0].mixer.A_log, log_a)
     dt = torch.nn.functional.softplus(layer.dt_proj.bias)
     config = model.config
     assert dt.min() >= config.time_step_floor and dt.max() <= config.time_step_max * (1 + 1e-5)

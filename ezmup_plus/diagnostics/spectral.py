@@ -87,12 +87,12 @@ def spectral_check(
         readout_name, readout_module = watched[-1]
         readout = readout_name
         start = {n: p.detach().clone() for n, p in model.named_parameters()}
-        h0 = _outputs(model, watched, x)
+        h0 = _outputs(model, watched, x)[0]
         for _ in range(steps):
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
-        h1 = _outputs(model, watched, x)
+        h1 = _outputs(model, watched, x)[0]
         for name, p in model.named_parameters():
             if p.dim() >= 2 and start[name].norm() > 0:
                 w0, dw = _matrix(start[name]), _matrix(p.detach() - start[name])
