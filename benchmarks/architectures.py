@@ -193,17 +193,19 @@ def check_setup(name: str, way_out: bool = True) -> tuple:
 
 
 def readout_terms(name: str, way_out: bool = False, doublings: int = 4) -> list[dict]:
-    """Why a readout's change moves with the width: the coordinate check's split of it (after 3 Adam steps,
-    seed 0, muP; :class:`~ezmup_plus.diagnostics.ReadoutTerms`) into dW.x0 (the readout's own update), W0.dx
-    (its initial weight times its input's change) and dW.dx, per width from base to 2**doublings x base, for
-    the factory as configured or with its way out."""
+    """Why a readout's change moves with the width: its output's RMS at init and the coordinate check's split
+    of its change (after 3 Adam steps, seed 0, muP; :class:`~ezmup_plus.diagnostics.ReadoutTerms`) into dW.x0
+    (the readout's own update), W0.dx (its initial weight times its input's change) and dW.dx, per width from
+    base to 2**doublings x base, for the factory as configured or with its way out."""
     f, _, kind, _, readout = check_setup(name, way_out)
     check = coord_check(f, [f.base_width * 2**k for k in range(doublings + 1)], training_batch(kind),
                         loss_fn=lambda out, y: lm_loss(out.logits, y), steps=3, lr=1e-2,
                         modules=lambda n, m: n == readout)
+    start = {r.width: r.rms for r in check.rows if r.step == 0}
     change = {r.width: r.delta_rms for r in check.rows if r.step == max(check.steps)}
-    return [{"width": t.width, "change": round(change[t.width], 4), "dW.x0": round(t.dw_x0, 4),
-             "W0.dx": round(t.w0_dx, 4), "dW.dx": round(t.dw_dx, 4)} for t in check.readout]
+    return [{"width": t.width, "at init": round(start[t.width], 4), "change": round(change[t.width], 4),
+             "dW.x0": round(t.dw_x0, 4), "W0.dx": round(t.w0_dx, 4), "dW.dx": round(t.dw_dx, 4)}
+            for t in check.readout]
 
 
 def survey(name: str, check: bool = True) -> dict:
@@ -244,9 +246,10 @@ def survey(name: str, check: bool = True) -> dict:
 # architecture -> (the wrap options it passes with, why it fails as configured): for the table and the tests
 WAYS_OUT = {
     "T5": (dict(hparams={"init_input": 0.02}),
-           "its readout starts large: the tied embedding is drawn with std 1.0, so W0*dx (its initial weight times "
-           "its input's change) is 23-51x dW*x0 from width 32 to 512, and shrinks (--readout-terms); a tied readout "
-           "starts small only through "
+           "its readout starts large: with the tied embedding drawn at std 1.0 the logits start at RMS 1.13 at "
+           "width 32 and 0.43 at 512 (muP's readout init shrinks them), and W0*dx (the initial weight times its "
+           "input's change) is 23-51x dW*x0 and shrinks with them (--readout-terms); a tied readout starts small "
+           "only through "
            "its embedding (TP5: a zero or small readout), here at GPT-2's std 0.02, and passes only with T5's "
            "d**-0.5 held at base"),
     "Mamba": (dict(hparams={"init_input": 0.2}),

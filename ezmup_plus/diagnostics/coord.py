@@ -99,14 +99,17 @@ class CoordCheck:
         return "\n".join(lines + [hint for hint in map(self._readout_hint, self.modules) if hint])
 
     def _readout_hint(self, module: str) -> str:
-        """Why a failing readout fails, where it starts too large for the check to see its own update."""
+        """Why a failing readout fails, where its change is led by its initial weight rather than its update."""
         terms = sorted((t for t in self.readout if t.module == module), key=lambda t: t.width)
         if not terms or self.passed(module) or terms[0].w0_dx <= terms[0].dw_x0:
             return ""
         t = terms[0]
+        start = sorted((r.width, r.rms) for r in self.rows if r.module == module and r.step == 0)
         return (f"{module}: its change is led by W0.dx (its initial weight times its input's change), {t.w0_dx:.3g} "
-                f"against its own update dW.x0 {t.dw_x0:.3g} at width {t.width}: the readout starts large. Start it "
-                "at zero (zero_init=['readout']) or small (hparams init_output; init_input for a readout tied to the "
+                f"against its own update dW.x0 {t.dw_x0:.3g} at width {t.width}: the readout starts large (output "
+                f"RMS {start[0][1]:.3g} at init at width {start[0][0]}, {start[-1][1]:.3g} at {start[-1][0]}, as muP's "
+                "readout init shrinks it), so each width starts from another function. Start it at zero "
+                "(zero_init=['readout']) or small (hparams init_output; init_input for a readout tied to the "
                 "embedding), as Tensor Programs V advises")
 
     def plot(self, path: str | Path) -> Path:
