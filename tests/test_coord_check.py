@@ -149,3 +149,13 @@ def test_the_split_reads_the_readout_multiplier_from_its_output():
     rms = lambda t: float(t.square().mean().sqrt())  # noqa: E731
     assert _split(readout, x0, x1, w0, y1) == pytest.approx(
         (rms(0.25 * x0 @ dw.T), rms(0.25 * dx @ w0.T), rms(0.25 * dx @ dw.T)), rel=1e-5)
+
+
+def test_dropout_masks_do_not_count_as_change(batch):
+    """Every observation draws the same dropout masks: with nothing learned (lr 0) no module has changed after
+    the steps, though the steps draw masks of their own."""
+    def dropped(width):
+        return nn.Sequential(nn.Linear(8, width), nn.Dropout(0.5), nn.Linear(width, 1))
+
+    check = coord_check(ezp.wrap(dropped, base_width=64), [64, 256], batch, lr=0.0)
+    assert all(r.delta_rms == 0.0 for r in check.rows) and all(r.rms > 0 for r in check.rows)

@@ -222,7 +222,10 @@ def build_and_optimizer(factory: Callable[..., nn.Module], width: int, optimizer
 
 def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Tensor,
              inputs_of: Sequence[tuple[str, nn.Module]] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The first output of each watched module on ``x`` (its first call), and the input of each of ``inputs_of``."""
+    """The first output of each watched module on ``x`` (its first call), and the input of each of ``inputs_of``.
+
+    Every observation draws from the same seed, so dropout masks are the same at init and after the steps and
+    a module's change is the change of its function, not of its mask; the caller's RNG is left as it was."""
     captured: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
     reading = {n for n, _ in inputs_of}
@@ -236,7 +239,8 @@ def _outputs(model: nn.Module, watched: list[tuple[str, nn.Module]], x: torch.Te
 
     hooks = [m.register_forward_hook(hook(n)) for n, m in watched]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             _call(model, x)
     finally:
         for h in hooks:
