@@ -249,9 +249,8 @@ WAYS_OUT = {
            "its readout starts large: with the tied embedding drawn at std 1.0 the logits start at RMS 1.12 at "
            "width 32 and 0.43 at 512 (muP's readout init shrinks them), and W0*dx (the initial weight times its "
            "input's change) is 21-41x dW*x0 and shrinks with them (--readout-terms); a tied readout starts small "
-           "only through "
-           "its embedding (TP5: a zero or small readout), here at GPT-2's std 0.02, and passes only with T5's "
-           "d**-0.5 held at base"),
+           "only through its embedding (TP5: a zero or small readout), here at GPT-2's std 0.02, and passes only "
+           "with T5's d**-0.5 held at base"),
     "Mamba": (dict(hparams={"init_input": 0.2}),
               "its tied embedding's std 0.1 makes W0*dx lead (0.46 against dW*x0's 0.18 at width 32, "
               "--readout-terms); with the embedding at std 0.02"),
