@@ -188,8 +188,12 @@ def check_setup(name: str, way_out: bool = True) -> tuple:
     options = {"base_width": 32, "base_depth": 2, **wrap_options(name), **(WAYS_OUT[name][0] if way_out and
                                                                               name in WAYS_OUT else {})}
     f = ezp.wrap(factory, **options)
-    blocks = "|".join(re.escape(s.template).replace(r"\{i\}", r"\d+") for s in f.table.stacks)
-    return f, factory, kind, blocks, readout_of(factory(32))
+    return (f, factory, kind, *watched(f, factory(32)))
+
+
+def watched(f, model) -> tuple[str, str | None]:
+    """(the name pattern of ``f``'s blocks, the name of ``model``'s readout): what the coordinate check watches."""
+    return "|".join(re.escape(s.template).replace(r"\{i\}", r"\d+") for s in f.table.stacks), readout_of(model)
 
 
 def readout_terms(name: str, way_out: bool = False, doublings: int = 4) -> list[dict]:
@@ -231,9 +235,9 @@ def survey(name: str, check: bool = True) -> dict:
             row["ok"], row["error"] = False, f"{type(exc).__name__}: {str(exc)[:300]}"
         if row["ok"] and check:
             try:
-                f, plain, kind, blocks, readout = check_setup(name, way_out=False)
+                blocks, readout = watched(f, model)
                 row["coord check muP"] = coordinate_check(f, kind, blocks, readout)
-                row["coord check SP"] = coordinate_check(plain, kind, blocks, readout)
+                row["coord check SP"] = coordinate_check(factory, kind, blocks, readout)
                 if name in WAYS_OUT:
                     f = check_setup(name)[0]
                     row["coord check way out"] = coordinate_check(f, kind, blocks, readout, base=f.base_width)

@@ -20,7 +20,7 @@ from .data import DataUnavailable
 from .diagnostics import analyse, coord_check, geometric_lrs, lr_sweep, plot_sweep, transfer_table
 from .horizon import DEFAULT_MODE, MODES, horizon_config
 from .trial import run_trial, task_from
-from .tune import OptunaMissing, storage_spec, tune
+from .tune import PRUNERS, OptunaMissing, storage_spec, tune
 
 
 def _out_dir(path: Path) -> Path:
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                    "file (journal:PATH or PATH.log); default: study.db (study.log with --workers > 1) in --out")
     p.add_argument("--workers", type=int, default=1, help="local worker processes on the one study")
     p.add_argument("--study", default=None, help="study name (default: the config's file stem)")
-    p.add_argument("--pruner", choices=("median", "halving", "none"), default="median")
+    p.add_argument("--pruner", choices=PRUNERS, default="median")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--eval-every", type=int, default=None, help="steps between the validation losses the pruner "
                    "sees (default: a tenth of train.steps)")
